@@ -1,0 +1,228 @@
+"""Becoming a daemon: descriptor limit, ``--daemonize`` checks, pidfile and the double fork.
+
+The launcher must only exit 0 once the daemon is really up (listeners bound, pidfile
+written), because callers read the pidfile right after it returns (reference §1.5).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import resource
+import sys
+from typing import Callable, Mapping, Sequence
+
+from mogstored import log
+from mogstored.config import StartupError
+
+DEFAULT_MAXCONNS = 10000
+_NOFILE_STEP = 64
+
+
+def validate_daemonize(
+    config_paths: Sequence[tuple[str, str | None]],
+    merged_paths: Sequence[tuple[str, str | None]],
+    environ: Mapping[str, str],
+) -> None:
+    """Refuse relative paths and a relative ``PATH`` when daemonising (§1.5, steps 1-4).
+
+    A daemon runs in "/" and re-executes itself via ``PATH`` on SIGUSR2, so relative
+    names would point elsewhere.  ``config_paths`` are (key, value) pairs in print order:
+    each ``--config`` value followed by that file's ``pidfile`` and ``docroot``;
+    ``merged_paths`` (the command-line/merged ``pidfile`` and ``docroot``) are only
+    checked when none of those failed.  ``None`` values are skipped.  Raises
+    StartupError carrying every line to print.
+    """
+    lines = _relative(config_paths) or _relative(merged_paths)
+    path = environ.get("PATH")
+    if path is None:
+        raise StartupError("\n".join([*lines, "PATH environment must be set"]))
+    offender = _relative_path_entry(path)
+    if offender is not None:
+        lines.append(f"PATH environment contains relative path: {offender}")
+    if lines:
+        lines.append("relative paths are incompatible with --daemonize and SIGUSR2 upgrades")
+        raise StartupError("\n".join(lines))
+
+
+def _relative(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
+    return [
+        f"{key}={value} must use an absolute path"
+        for key, value in pairs
+        if value is not None and not value.startswith("/")
+    ]
+
+
+def _relative_path_entry(path: str) -> str | None:
+    """The tail of PATH from its first relative entry (an empty entry counts), or None."""
+    if path.endswith(":"):
+        return path
+    start = 0
+    for entry in path.split(":"):
+        if not entry.startswith("/"):
+            return path[start:]
+        start += len(entry) + 1
+    return None
+
+
+def raise_nofile(maxconns: int) -> None:
+    """Raise RLIMIT_NOFILE towards ``maxconns`` (0 → 10000); never lower it (§1.1.2).
+
+    ``--maxconns`` only bounds descriptors; it is not a connection cap.  When the
+    wanted soft limit cannot be set, retry 64 lower while still above the current
+    soft limit.
+    """
+    want = maxconns or DEFAULT_MAXCONNS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if _at_least(soft, want):
+        return
+    if _at_least(hard, want):
+        cur = want
+    else:
+        log.warning(f"RLIMIT_NOFILE max={hard} less than wanted value={want}")
+        cur = hard
+    retried = False
+    while True:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (cur, hard))
+        except (OSError, ValueError):
+            log.warning(f"failed to set RLIMIT_NOFILE max={hard} cur={cur} (maxconns={want})")
+            cur -= _NOFILE_STEP
+            retried = True
+            if cur <= soft:
+                now_soft, now_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                log.warning(f"RLIMIT_NOFILE stuck at  max={now_hard} cur={now_soft} (maxconns={want})")
+                return
+            continue
+        if retried:
+            log.warning(f"set RLIMIT_NOFILE max={hard} cur={cur} (maxconns={want})")
+        return
+
+
+def _at_least(limit: int, want: int) -> bool:
+    return limit == resource.RLIM_INFINITY or limit >= want
+
+
+class Pidfile:
+    """The pidfile: opened (and checked) before daemonising, written by the daemon."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def open(cls, path: str) -> "Pidfile":
+        """Open/create ``path``; refuse to start when it names a live process."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise StartupError(f"failed to open pidfile({path}): {e.strerror}") from None
+        try:
+            pid = _read_pid(fd)
+        except OSError:
+            pid = None  # unreadable content is overwritten like stale content
+        if pid is not None and _alive(pid):
+            os.close(fd)
+            raise StartupError(f"already running on PID: {pid}")
+        return cls(path, fd)
+
+    def write(self, pid: int) -> None:
+        """Replace the content with ``<pid>\\n``; a failure is logged, not fatal."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{pid}\n".encode(), 0)
+        except OSError as e:
+            log.error(f"failed to write pidfile({self.path}): {e.strerror}. continuing...")
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self) -> None:
+        """Unlink the file if it still holds our PID (an upgrade may have taken it over)."""
+        try:
+            with open(self.path, "rb") as f:
+                owner = _parse_pid(f.read())
+        except OSError:
+            return
+        if owner == os.getpid():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def _read_pid(fd: int) -> int | None:
+    return _parse_pid(os.pread(fd, 64, 0))
+
+
+def _parse_pid(content: bytes) -> int | None:
+    """A decimal PID terminated by a newline, else None (empty or unparsable)."""
+    m = re.fullmatch(rb"([0-9]+)\n", content)
+    return int(m.group(1)) if m else None
+
+
+def _alive(pid: int) -> bool:
+    """True unless kill(pid, 0) says ESRCH; our own PID is stale content, not a rival."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno != errno.ESRCH
+    return True
+
+
+_READY = b"R"
+
+
+def daemonize(argv0: str | None = None) -> Callable[[], None]:
+    """Double-fork into the background; return ``ready()`` in the daemon only.
+
+    The original process waits on a pipe and exits 0 once the daemon calls ``ready()``,
+    or exits 1 with ``<argv0>: daemonization error, check syslog`` when the pipe closes
+    without a report (the daemon died during start-up).
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        _wait_for_daemon(read_fd, pid, argv0)
+    os.close(read_fd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+    log.detach_stderr()
+
+    def ready() -> None:
+        nonlocal write_fd
+        if write_fd < 0:
+            return
+        try:
+            os.write(write_fd, _READY)
+        finally:
+            os.close(write_fd)
+            write_fd = -1
+
+    return ready
+
+
+def _wait_for_daemon(read_fd: int, child: int, argv0: str) -> None:
+    """In the launcher: exit 0 on the daemon's report, 1 when it never comes."""
+    report = os.read(read_fd, 1)
+    os.waitpid(child, 0)  # the intermediate process, gone right after the second fork
+    if report == _READY:
+        os._exit(0)
+    sys.stderr.write(f"{argv0}: daemonization error, check syslog\n")
+    sys.stderr.flush()
+    os._exit(1)
