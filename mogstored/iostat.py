@@ -1,0 +1,80 @@
+"""Parsing of iostat output into per-filesystem utilisation (protocol §4.5.1).
+
+Sans-IO: the process runner feeds whatever it read from the pipe; every completed report
+is one `watch` broadcast.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .devices import Mount
+
+# Device name, blanks, [anything ending in a blank], last field of [0-9.], blanks.
+# Unlike cmogstored 1.2.1 the name may contain "-" and "_" (dm-0, `iostat -N` names such
+# as vg0-lv_data); ":" still never matches, so no header line can pass as data.
+_DATA = re.compile(rb"[ \t]*([A-Za-z0-9/_-]+)[ \t]+(?:.*[ \t])?([0-9.]+)[ \t]*")
+
+_MAX_LINE = 65536
+"""Partial line kept at most; iostat lines are a few hundred bytes. Beyond this the line
+is treated as non-matching, so a runaway MOG_IOSTAT_CMD cannot exhaust memory."""
+
+_JUNK = b"\0"  # cannot start a data line: marks a truncated over-long line
+
+
+class IostatParser:
+    """Byte-stream parser of §4.5.1: lines may split at any byte, several reports per read,
+    stalls mid-line.
+
+    A report is the run of data lines ended by the first non-matching line (the blank
+    line iostat prints after each report, or the next banner/header).
+    """
+
+    __slots__ = ("_buf", "_report")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._report: dict[str, str] = {}
+
+    def feed(self, data: bytes) -> list[dict[str, str]]:
+        """Consume ``data``; return the reports it completed: {device name: util text}."""
+        buf = self._buf
+        buf += data
+        if b"\n" not in data:
+            if len(buf) > _MAX_LINE:
+                buf[:] = _JUNK
+            return []
+        *lines, rest = buf.split(b"\n")
+        buf[:] = rest if len(rest) <= _MAX_LINE else _JUNK
+        reports = []
+        report = self._report
+        for line in lines:
+            if m := _DATA.fullmatch(line):
+                report[m[1].decode("ascii")] = m[2].decode("ascii")
+            elif report:
+                reports.append(report)
+                report = {}
+        self._report = report
+        return reports
+
+
+def map_utilisation(report: dict[str, str], mounts: dict[int, Mount]) -> dict[int, str]:
+    """st_dev → util for every mount whose source starts with ``/dev/<name>`` (§4.5.1).
+
+    So whole-disk values apply to their partitions (``sda`` → ``/dev/sda1``) unless the
+    partition is listed itself. The longest matching name wins whatever the order, which
+    keeps cmogstored's "later line overrides" outcome for iostat's usual disk-then-
+    partitions order and also gets ``sdaa`` vs ``sda`` right; equal names: later wins.
+    Mounts without a match (tmpfs, NFS) are absent: watchers show ``-``.
+    """
+    candidates = [(m.source, st_dev) for st_dev, m in mounts.items()
+                  if m.source.startswith("/dev/")]
+    best: dict[int, tuple[int, str]] = {}
+    for name, util in report.items():
+        prefix = "/dev/" + name
+        for source, st_dev in candidates:
+            if source.startswith(prefix):
+                cur = best.get(st_dev)
+                if cur is None or len(prefix) >= cur[0]:
+                    best[st_dev] = (len(prefix), util)
+    return {st_dev: util for st_dev, (_, util) in best.items()}
