@@ -36,6 +36,10 @@ class LineBuffer:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
+    def pending(self) -> bool:
+        """Bytes of an unfinished (or not yet popped) line are buffered."""
+        return bool(self._buf)
+
     def next_line(self) -> bytes | None:
         """Pop one complete line (EOL and a CR right before it removed), or None."""
         buf = self._buf

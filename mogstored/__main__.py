@@ -1,0 +1,71 @@
+"""Start-up in the order of §1.5: options, listeners, pidfile, daemonise,
+pidfile write, first usage pass, threads; then serve until a graceful stop."""
+from __future__ import annotations
+
+import os
+import sys
+
+from . import listeners, log
+from .cli import EarlyExit, Options, StartupError, UsageError, load_options
+from .daemon import Pidfile, daemonize, raise_nofile
+from .server import Listener, Server
+
+
+def program_name() -> str:
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "mogstored"
+    return "mogstored" if argv0.endswith("__main__.py") else argv0
+
+
+def open_listeners(opts: Options) -> list[Listener]:
+    """Bind every configured listener, reusing inherited sockets (§1.6)."""
+    inherited = listeners.inherit(os.environ)
+    result = []
+    for svc in opts.services:
+        wanted = [("mgmt", svc.mgmtlisten)]
+        if opts.server != "none":
+            wanted += [("http", svc.httplisten), ("httpget", svc.httpgetlisten)]
+        for kind, addr in wanted:
+            if addr is not None:
+                result.append(Listener(kind, svc, listeners.bind(addr, inherited)))
+    listeners.close_unused(inherited)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv0 = program_name()
+    try:
+        opts = load_options(sys.argv[1:] if argv is None else argv, argv0, os.environ)
+    except EarlyExit as e:
+        sys.stdout.write(e.text)
+        return e.code
+    except UsageError as e:
+        sys.stderr.write(str(e))
+        return 64
+    except StartupError as e:
+        sys.stderr.write("".join(f"{argv0}: {line}\n" for line in str(e).splitlines()))
+        return 1
+    log.open_syslog()
+    raise_nofile(opts.maxconns)
+    try:
+        bound = open_listeners(opts)
+        pidfile = Pidfile.open(opts.pidfile) if opts.pidfile else None
+    except StartupError as e:
+        sys.stderr.write(f"{argv0}: {e}\n")
+        return 1
+    ready = daemonize(argv0) if opts.daemonize else None
+    if pidfile is not None:
+        pidfile.write(os.getpid())
+    server = Server(bound, opts.worker_processes)
+    server.install_signals()
+    server.usage_pass()
+    server.start()
+    if ready is not None:
+        ready()
+    status = server.run()
+    if pidfile is not None:
+        pidfile.remove()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

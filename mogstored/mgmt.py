@@ -1,0 +1,222 @@
+"""One sidechannel connection as a state machine driven by the event core.
+
+Commands run strictly one at a time per connection, answers in order.  ``size``
+and digests touch a disk, so they run in the I/O pool of the device the path
+names; everything else is answered on the epoll worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from . import log
+from .core import Next
+from .mgmt_parser import (
+    BAD_PATH_REPLY,
+    BLANK_REPLY,
+    AioThreads,
+    BadPath,
+    Blank,
+    Digest,
+    LineBuffer,
+    LineTooLong,
+    Shutdown,
+    Size,
+    Unknown,
+    Watch,
+    digest_reply,
+    parse_command,
+    read_error_reply,
+    resolve_path,
+    size_reply,
+    unknown_reply,
+)
+
+if TYPE_CHECKING:
+    from .ioq import IoPool
+    from .server import ServiceContext
+
+Step = Callable[["IoPool | None"], "Next | IoPool"]
+
+DIGEST_BUFFER = 1 << 20
+DIGEST_SLICE = 8 << 20  # bytes hashed per scheduling step before yielding
+_ALGS = {"MD5": hashlib.md5, "SHA-1": hashlib.sha1}
+_local = threading.local()
+
+
+def _digest_buffer() -> memoryview:
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(DIGEST_BUFFER))
+    return buf
+
+
+class MgmtClient:
+    """A client of the sidechannel listener."""
+
+    __slots__ = ("sock", "fd", "svc", "lines", "out", "eof", "_state", "cmd", "pool", "file", "hasher", "offset")
+
+    def __init__(self, sock: socket.socket, svc: "ServiceContext") -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.svc = svc
+        self.lines = LineBuffer()
+        self.out = bytearray()
+        self.eof = False
+        self._state: Step = self._read
+        self.cmd: Size | Digest | None = None
+        self.pool: IoPool | None = None
+        self.file = -1
+        self.hasher = None
+        self.offset = 0
+
+    # -- event core interface --------------------------------------------
+    def step(self, pool: "IoPool | None") -> "Next | IoPool":
+        return self._state(pool)
+
+    def idle(self) -> bool:
+        return self._state == self._read and not self.out and not self.lines.pending()
+
+    def close(self) -> None:
+        self._close_file()
+        self.svc.watchers.discard(self)
+        self.sock.close()
+
+    # -- reading and running commands --------------------------------------
+    def _read(self, pool: "IoPool | None") -> "Next | IoPool":
+        while True:
+            if self.out:
+                if not self._flush():
+                    return Next.WRITE
+            try:
+                line = self.lines.next_line()
+            except LineTooLong:
+                log.error("mgmt request too large")
+                return self._reset()
+            if line is not None:
+                nxt = self._run(parse_command(line))
+                if nxt is not None:
+                    return nxt
+                continue
+            if self.eof or (self.svc.server.quitting and not self.lines.pending()):
+                return Next.CLOSE
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return Next.READ
+            except OSError as e:
+                log.error(f"mgmt client died: {e.strerror}")
+                return Next.CLOSE
+            if not data:
+                self.eof = True
+                continue
+            self.lines.feed(data)
+
+    def _run(self, cmd) -> "Next | IoPool | None":
+        """Answer one command; a return value means "not finished here"."""
+        if isinstance(cmd, (Size, Digest)):
+            self.cmd = cmd
+            path = cmd.path
+            self.pool = self.svc.ioq.for_path(self.svc.docroot.path, path)
+            self._state = self._stat if isinstance(cmd, Size) else self._open_digest
+            return self.pool
+        if isinstance(cmd, Blank):
+            self.out += BLANK_REPLY
+        elif isinstance(cmd, BadPath):
+            self.out += BAD_PATH_REPLY
+        elif isinstance(cmd, Unknown):
+            self.out += unknown_reply(cmd.token)
+        elif isinstance(cmd, AioThreads):
+            self.svc.server.set_aio_threads(cmd.n)
+            self.out += BLANK_REPLY
+        elif isinstance(cmd, Shutdown):
+            self.svc.server.request_shutdown()
+        elif isinstance(cmd, Watch):
+            self.svc.watchers.add(self)
+            self._state = self._watching
+            return Next.READ
+        return None
+
+    def _flush(self) -> bool:
+        try:
+            n = self.sock.send(self.out)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.out.clear()
+            self.eof = True
+            return True
+        del self.out[:n]
+        return not self.out
+
+    def _reset(self) -> Next:
+        """Drop the connection with a TCP reset: the peer sent garbage."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return Next.CLOSE
+
+    def _done(self, reply: bytes) -> Next:
+        self._close_file()
+        self.out += reply
+        self.cmd = None
+        self._state = self._read
+        return Next.ACTIVE
+
+    def _close_file(self) -> None:
+        if self.file >= 0:
+            os.close(self.file)
+            self.file = -1
+
+    # -- disk work (device pool) ------------------------------------------
+    def _stat(self, pool: "IoPool | None") -> Next:
+        path = self.cmd.path
+        try:
+            size = self.svc.docroot.stat(resolve_path(path)).st_size
+        except OSError:
+            size = -1
+        return self._done(size_reply(path, size))
+
+    def _open_digest(self, pool: "IoPool | None") -> "Next | IoPool":
+        cmd = self.cmd
+        try:
+            self.file = self.svc.docroot.open(resolve_path(cmd.path), os.O_RDONLY)
+        except OSError:
+            return self._done(digest_reply(cmd.path, cmd.alg, None))
+        self.hasher = _ALGS[cmd.alg]()
+        self.offset = 0
+        self._state = self._digest
+        return self._digest(pool)
+
+    def _digest(self, pool: "IoPool | None") -> "Next | IoPool":
+        if pool is not self.pool:
+            return self.pool
+        buf = _digest_buffer()
+        update = self.hasher.update
+        done = 0
+        while done < DIGEST_SLICE:
+            try:
+                n = os.readv(self.file, [buf])
+            except OSError:
+                return self._done(read_error_reply(self.cmd.path, self.offset))
+            if n == 0:
+                return self._done(digest_reply(self.cmd.path, self.cmd.alg, self.hasher.hexdigest()))
+            update(buf[:n])
+            self.offset += n
+            done += n
+        return Next.ACTIVE  # a long file: let others in, then continue
+
+    # -- watch --------------------------------------------------------------
+    def _watching(self, pool: "IoPool | None") -> Next:
+        """Write-only from now on: input is read and ignored until EOF."""
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return Next.READ
+            except OSError:
+                return Next.CLOSE
+            if not data:
+                return Next.CLOSE
