@@ -1,0 +1,142 @@
+"""Test harness: the daemon as a real subprocess on loopback, driven over sockets."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}")
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"port {port} not accepting")
+
+
+def read_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> bytes:
+    """Read until ``marker`` has arrived (or EOF); returns everything read."""
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read to EOF."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class Daemon:
+    """One mogstored process with its own docroot and ports."""
+
+    def __init__(self, root: Path, devices: tuple[int, ...] = (1, 2), args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, http: bool = True, mgmt: bool = True,
+                 wait: bool = True) -> None:
+        self.root = root
+        self.docroot = root / "docroot"
+        self.docroot.mkdir(parents=True, exist_ok=True)
+        for d in devices:
+            (self.docroot / f"dev{d}").mkdir(exist_ok=True)
+        self.http_port = free_port() if http else None
+        self.mgmt_port = free_port() if mgmt else None
+        self.stderr_path = root / "stderr.log"
+        cmd = [sys.executable, "-m", "mogstored", f"--docroot={self.docroot}"]
+        if http:
+            cmd.append(f"--httplisten={HOST}:{self.http_port}")
+        if mgmt:
+            cmd.append(f"--mgmtlisten={HOST}:{self.mgmt_port}")
+        cmd += args
+        full_env = dict(os.environ)
+        full_env.setdefault("MOG_IOSTAT_CMD", "true")
+        full_env.update(env or {})
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self._stderr, env=full_env, cwd=root)
+        if wait:
+            wait_port(self.http_port or self.mgmt_port, proc=self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.http_port}{path}"
+
+    def http(self) -> socket.socket:
+        s = socket.create_connection((HOST, self.http_port), timeout=10)
+        return s
+
+    def mgmt(self) -> socket.socket:
+        return socket.create_connection((HOST, self.mgmt_port), timeout=10)
+
+    def mgmt_cmd(self, line: bytes) -> bytes:
+        with self.mgmt() as s:
+            s.sendall(line)
+            return read_until(s, b"\r\n")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGQUIT, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("daemon did not stop in time")
+        self._stderr.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path)
+    yield d
+    d.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for a module's tests that do not disturb each other."""
+    d = Daemon(tmp_path_factory.mktemp("shared"))
+    yield d
+    d.kill()
