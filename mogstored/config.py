@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import yaml
 
@@ -95,6 +95,7 @@ def read_config(path: str, warn: Warn) -> ConfigFile:
             text = os.fsdecode(f.read())
     except OSError as e:
         raise StartupError(f"failed to load config={path}: {e.strerror}") from None
+    entries: Iterable[tuple[str, str | None]]
     if path.endswith((".yaml", ".yml")):
         entries = _yaml_entries(path, text)
     else:
@@ -118,9 +119,11 @@ _PATH_KEYS = frozenset({"docroot", "pidfile", "serverbin", "config"})
 _PATH_COMMENT = re.compile(r"\s#.*", re.DOTALL)
 
 
-def _key_value_entries(path: str, text: str, warn: Warn) -> list[tuple[str, str | None]]:
-    """Split a ``key = value`` file into (key, value) pairs; value None for a bare key."""
-    entries: list[tuple[str, str | None]] = []
+def _key_value_entries(path: str, text: str, warn: Warn) -> Iterator[tuple[str, str | None]]:
+    """Split a ``key = value`` file into (key, value) pairs; value None for a bare key.
+
+    A generator, so warnings about lines and about keys come out in file order.
+    """
     for number, line in enumerate(text.split("\n"), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -136,8 +139,7 @@ def _key_value_entries(path: str, text: str, warn: Warn) -> list[tuple[str, str 
             else:
                 value = value.split("#", 1)[0]
             value = value.strip()
-        entries.append((key, value))
-    return entries
+        yield key, value
 
 
 def _yaml_entries(path: str, text: str) -> list[tuple[str, str | None]]:
