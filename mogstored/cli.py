@@ -165,7 +165,7 @@ def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Opt
             pair for c in cmd.configs
             for pair in (("config", c.path), ("pidfile", c.pidfile), ("docroot", c.docroot))
         ]
-        docroot = _first([cmd.docroot, single and single.docroot]) or DEFAULT_DOCROOT
+        docroot = _first([cmd.docroot, single.docroot if single else None]) or DEFAULT_DOCROOT
         validate_daemonize(config_paths, [("pidfile", pidfile), ("docroot", docroot)], environ)
 
     if multi:
