@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ready = daemonize(argv0) if opts.daemonize else None
     if pidfile is not None:
         pidfile.write(os.getpid())
-    server = Server(bound, opts.worker_processes)
+    server = Server(bound, opts.worker_processes, opts.iostat)
     server.install_signals()
-    server.usage_pass()
+    server.usage_pass(now=True)
     server.start()
     if ready is not None:
         ready()

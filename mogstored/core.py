@@ -40,6 +40,7 @@ class Next(enum.Enum):
     WRITE = 2  # room in the socket's send buffer
     ACTIVE = 3  # more work ready now: requeue behind the other ready clients
     CLOSE = 4
+    PARKED = 5  # held by a queue (fsck) that requeues it later; or a finished task
 
 
 class Client(Protocol):
@@ -114,7 +115,7 @@ class EventQueue:
             self._mod(client, _WANT_ACTIVE)
         elif nxt is Next.CLOSE:
             self._drop(client)
-        else:
+        elif nxt is not Next.PARKED:
             nxt.submit(client)
 
     def run(self, client: Client, pool: "IoPool | None" = None) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import re
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
+
+from .core import Next
 
 if TYPE_CHECKING:
     from .core import Client, EventQueue
@@ -19,6 +21,19 @@ if TYPE_CHECKING:
 DEFAULT_THREADS = 10  # per device, like Perlbal's per-device AIO channels
 SHARED_THREADS = 4  # paths outside any device (/, /foo, sidechannel misc)
 MAX_THREADS = 100
+
+
+class Task:
+    """Plain work for a pool (a usage-file pass), run like a client's step."""
+
+    fd = -1
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def step(self, pool: "IoPool | None") -> Next:
+        self.fn()
+        return Next.PARKED
 
 
 class IoPool:
@@ -33,10 +48,13 @@ class IoPool:
         self._excess = 0
         self.resize(nthreads)
 
-    def submit(self, client: "Client") -> None:
+    def submit(self, client: "Client | Task") -> None:
         with self._cond:
             self._jobs.append(client)
             self._cond.notify()
+
+    def call(self, fn: Callable[[], None]) -> None:
+        self.submit(Task(fn))
 
     @property
     def nthreads(self) -> int:

@@ -1,14 +1,23 @@
-"""Parsing of iostat output into per-filesystem utilisation (protocol §4.5.1).
+"""iostat: the child process and the parsing of its output into per-filesystem
+utilisation (protocol §4.5.1).
 
-Sans-IO: the process runner feeds whatever it read from the pipe; every completed report
-is one `watch` broadcast.
+:class:`IostatParser` is sans-IO: :class:`IostatRunner` feeds it whatever it read
+from the pipe; every completed report is one `watch` broadcast.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import threading
+from typing import Callable
 
+from . import log
 from .devices import Mount
+
+DEFAULT_COMMAND = "iostat -dx 1 30"
+RETRY_DELAY = 10.0
 
 # Device name, blanks, [anything ending in a blank], last field of [0-9.], blanks.
 # Unlike cmogstored 1.2.1 the name may contain "-" and "_" (dm-0, `iostat -N` names such
@@ -78,3 +87,60 @@ def map_utilisation(report: dict[str, str], mounts: dict[int, Mount]) -> dict[in
                 if cur is None or len(prefix) >= cur[0]:
                     best[st_dev] = (len(prefix), util)
     return {st_dev: util for st_dev, (_, util) in best.items()}
+
+
+class IostatRunner:
+    """Runs ``MOG_IOSTAT_CMD`` for as long as the process serves, restarting it
+    when it exits (at once after status 0, else 10 s later), and hands every
+    completed report to ``on_report`` from its own thread."""
+
+    def __init__(self, command: str, on_report: Callable[[dict[str, str]], None]) -> None:
+        self.command = command
+        self.on_report = on_report
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._loop, name="iostat", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        env = dict(os.environ, LC_ALL="C")  # "2.00", never "2,00"
+        while not self._stop.is_set():
+            try:
+                proc = subprocess.Popen(["/bin/sh", "-c", f"exec {self.command}"], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, env=env, close_fds=True)
+            except OSError as e:
+                log.error(f"iostat(1) not available/running: {e.strerror}")
+                self._stop.wait(RETRY_DELAY)
+                continue
+            self._proc = proc
+            parser = IostatParser()
+            fd = proc.stdout.fileno()
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError as e:
+                    log.error(f"iostat read() failed: {e.strerror}")
+                    break
+                if not data:
+                    break
+                for report in parser.feed(data):
+                    self.on_report(report)
+            proc.stdout.close()
+            status = proc.wait()
+            if status != 0 and not self._stop.is_set():
+                log.error(f"iostat done (pid={proc.pid}, status={status}), will retry in {RETRY_DELAY:.0f}s")
+                self._stop.wait(RETRY_DELAY)

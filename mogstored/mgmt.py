@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import log
 from .core import Next
+from .fsck import low_io_priority
 from .mgmt_parser import (
     BAD_PATH_REPLY,
     BLANK_REPLY,
@@ -58,7 +59,8 @@ def _digest_buffer() -> memoryview:
 class MgmtClient:
     """A client of the sidechannel listener."""
 
-    __slots__ = ("sock", "fd", "svc", "lines", "out", "eof", "_state", "cmd", "pool", "file", "hasher", "offset")
+    __slots__ = ("sock", "fd", "svc", "lines", "out", "eof", "_state", "cmd", "pool", "file", "hasher", "offset",
+                 "fsck_dev")
 
     def __init__(self, sock: socket.socket, svc: "ServiceContext") -> None:
         self.sock = sock
@@ -73,6 +75,7 @@ class MgmtClient:
         self.file = -1
         self.hasher = None
         self.offset = 0
+        self.fsck_dev: int | None = None  # filesystem whose fsck slot we hold
 
     # -- event core interface --------------------------------------------
     def step(self, pool: "IoPool | None") -> "Next | IoPool":
@@ -82,6 +85,9 @@ class MgmtClient:
         return self._state == self._read and not self.out and not self.lines.pending()
 
     def close(self) -> None:
+        if self.fsck_dev is not None:  # our slot goes to the next in line
+            self.svc.fsck.leave(self.fsck_dev)
+            self.fsck_dev = None
         self._close_file()
         self.svc.watchers.discard(self)
         self.sock.close()
@@ -136,7 +142,11 @@ class MgmtClient:
         elif isinstance(cmd, Shutdown):
             self.svc.server.request_shutdown()
         elif isinstance(cmd, Watch):
+            server = self.svc.server
+            if server.iostat is None or not server.iostat.running:
+                log.error("iostat(1) not available/running")
             self.svc.watchers.add(self)
+            server.request_usage_pass()
             self._state = self._watching
             return Next.READ
         return None
@@ -159,6 +169,9 @@ class MgmtClient:
         return Next.CLOSE
 
     def _done(self, reply: bytes) -> Next:
+        if self.fsck_dev is not None:
+            self.svc.fsck.leave(self.fsck_dev)
+            self.fsck_dev = None
         self._close_file()
         self.out += reply
         self.cmd = None
@@ -188,11 +201,32 @@ class MgmtClient:
         self.hasher = _ALGS[cmd.alg]()
         self.offset = 0
         self._state = self._digest
+        if cmd.reason == "fsck":
+            st_dev = os.fstat(self.file).st_dev
+            if not self.svc.fsck.enter(st_dev, self):
+                self._state = self._fsck_turn
+                self.fsck_dev = st_dev
+                return Next.PARKED  # resume() is called when our turn comes
+            self.fsck_dev = st_dev
+        return self._digest(pool)
+
+    def resume(self) -> None:
+        """Our turn in the fsck queue of this filesystem."""
+        self.pool.submit(self)
+
+    def _fsck_turn(self, pool: "IoPool | None") -> "Next | IoPool":
+        self._state = self._digest
         return self._digest(pool)
 
     def _digest(self, pool: "IoPool | None") -> "Next | IoPool":
         if pool is not self.pool:
             return self.pool
+        if self.fsck_dev is not None and not self.svc.server.quitting:
+            with low_io_priority():
+                return self._hash_slice()
+        return self._hash_slice()
+
+    def _hash_slice(self) -> Next:
         buf = _digest_buffer()
         update = self.hasher.update
         done = 0

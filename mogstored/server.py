@@ -12,13 +12,16 @@ from typing import Callable
 
 from setproctitle import setproctitle
 
-from . import devices, log
+from . import log
 from .cli import Service
 from .core import Acceptor, Client, EventQueue, install_kick_handler
-from .fs import Docroot
+from .devices import read_mounts
+from .fsck import FsckQueues
 from .http import HttpClient
+from .iostat import DEFAULT_COMMAND, IostatRunner, map_utilisation
 from .ioq import MAX_THREADS, IoQueues
 from .mgmt import MgmtClient
+from .service import ServiceContext
 
 SHUTDOWN_TITLE = "mogstored, shutting down"
 
@@ -29,75 +32,6 @@ def usage_interval(environ: dict[str, str] | os._Environ = os.environ) -> int:
     except ValueError:
         return 10
     return n if n > 0 else 10
-
-
-class Watchers:
-    """Sidechannel clients that sent ``watch``."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.clients: set[MgmtClient] = set()
-
-    def add(self, client: MgmtClient) -> None:
-        with self.lock:
-            self.clients.add(client)
-
-    def discard(self, client: MgmtClient) -> None:
-        with self.lock:
-            self.clients.discard(client)
-
-    def disconnect_all(self) -> None:
-        with self.lock:
-            for c in self.clients:
-                try:
-                    c.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-class ServiceContext:
-    """What a client needs of its service: docroot, I/O pools, the server."""
-
-    def __init__(self, service: Service, server: "Server") -> None:
-        self.service = service
-        self.docroot = Docroot(service.docroot)
-        self.ioq = server.ioq
-        self.server = server
-        self.watchers = Watchers()
-        self.devices: dict[int, str] = {}
-
-    def on_put(self, rel: str) -> None:
-        """A file was stored below ``rel``'s device."""
-
-    def on_delete(self, rel: str) -> None:
-        """A file was removed below ``rel``'s device."""
-
-    def scan(self) -> None:
-        """Find device directories and give each its I/O pool."""
-        try:
-            self.devices = devices.scan_devices(self.docroot.path)
-        except OSError as e:
-            log.error(f"scanning {self.docroot.path}: {e.strerror}")
-            return
-        self.ioq.set_devices(self.docroot.path, set(self.devices))
-
-    def write_usage(self) -> None:
-        """One usage-file pass (§2.3.3); only services with a sidechannel."""
-        try:
-            mounts = devices.read_mounts()
-        except OSError as e:
-            log.error(f"reading mount table: {e.strerror}")
-            return
-        now = int(time.time())
-        for devid, devdir in sorted(self.devices.items()):
-            try:
-                mount = mounts.get(os.stat(devdir).st_dev)
-                if mount is None:
-                    log.error(f"mount entry not found for {devdir}")
-                    continue
-                devices.write_usage(devdir, devices.compute_usage(devdir, mount.source, now))
-            except OSError as e:
-                log.error(f"usage for {devdir}: {e.strerror}")
 
 
 @dataclass
@@ -118,27 +52,47 @@ def acceptor_threads(kind: str, worker_processes: int) -> int:
 class Server:
     """Serves the given listeners until a graceful shutdown completes."""
 
-    def __init__(self, listeners: list[Listener], worker_processes: int = 0) -> None:
+    def __init__(self, listeners: list[Listener], worker_processes: int = 0, iostat: bool = True) -> None:
         self.listeners = listeners
         self.worker_processes = worker_processes
         self.quitting = False
         self._stop_requested = False
+        self._usage_requested = False
         self._wake = threading.Event()
         self._pending_aio: int | None = None
         self.queue = EventQueue(max(4, 2 * (os.cpu_count() or 1)))
         self.queue.on_close = self._wake.set
         self.ioq = IoQueues(self.queue)
+        self.fsck = FsckQueues()
         self.services: dict[int, ServiceContext] = {}
         for lst in listeners:
             if id(lst.service) not in self.services:
                 self.services[id(lst.service)] = ServiceContext(lst.service, self)
         self.acceptors: list[Acceptor] = []
         self.usage_interval = usage_interval()
+        # §4.5.1: iostat only serves watchers, so only with a sidechannel.
+        self.iostat: IostatRunner | None = None
+        if iostat and any(lst.kind == "mgmt" for lst in listeners):
+            self.iostat = IostatRunner(os.environ.get("MOG_IOSTAT_CMD", DEFAULT_COMMAND), self._on_iostat)
 
     # -- called from any thread ----------------------------------------------
     def request_shutdown(self) -> None:
         self._stop_requested = True
         self._wake.set()
+
+    def request_usage_pass(self) -> None:
+        """``watch``: rescan devices and rewrite usage files now."""
+        self._usage_requested = True
+        self._wake.set()
+
+    def _on_iostat(self, report: dict[str, str]) -> None:
+        """iostat thread: one block to every watcher of every service."""
+        contexts = [ctx for ctx in self.services.values() if len(ctx.watchers)]
+        if not contexts:
+            return
+        utils = map_utilisation(report, read_mounts())
+        for ctx in contexts:
+            ctx.watchers.broadcast(ctx.watch_block(utils))
 
     def set_aio_threads(self, n: int) -> None:
         """``server aio_threads = N``: N threads per device pool (1..100)."""
@@ -154,11 +108,10 @@ class Server:
             signal.signal(sig, signal.SIG_IGN)
         install_kick_handler()
 
-    def usage_pass(self) -> None:
+    def usage_pass(self, now: bool = False) -> None:
         for ctx in self.services.values():
             ctx.scan()
-            if ctx.service.mgmtlisten is not None:
-                ctx.write_usage()
+            ctx.usage_pass(now)
 
     def start(self) -> None:
         for lst in self.listeners:
@@ -172,6 +125,8 @@ class Server:
                            on_error=lambda e: log.error(f"accept4() failed with: {e.strerror}"))
             self.acceptors.append(acc)
             acc.start()
+        if self.iostat is not None:
+            self.iostat.start()
 
     def run(self) -> int:
         """Main loop: periodic usage passes and run-time settings, until asked to stop."""
@@ -183,7 +138,8 @@ class Server:
                 n, self._pending_aio = self._pending_aio, None
                 log.info(f"server aio_threads={n}")
                 self.ioq.resize(n)
-            if time.monotonic() >= next_usage:
+            if time.monotonic() >= next_usage or self._usage_requested:
+                self._usage_requested = False
                 self.usage_pass()
                 next_usage = time.monotonic() + self.usage_interval
         self.shutdown()
@@ -199,6 +155,8 @@ class Server:
         for lst in self.listeners:
             lst.sock.close()  # new connections are refused from here on
         self.quitting = True
+        if self.iostat is not None:
+            self.iostat.stop()
         for ctx in self.services.values():
             ctx.watchers.disconnect_all()
         while self.queue.clients:
