@@ -163,6 +163,9 @@ class HttpClient:
                 return self._respond(root_head(req.keepalive))
             if ".." in path:
                 return self._respond(error_head(403, req.keepalive))
+            usage = self.svc.usage_body(path)
+            if usage is not None:
+                return self._respond_bytes(*usage)
             return self._to_pool(path, self._open_get)
         if method == "PUT":
             if self.get_only:
@@ -205,6 +208,16 @@ class HttpClient:
         self.out = memoryview(head)
         self._state = self._write_head_then_finish
         return self._write_head_then_finish(None)
+
+    def _respond_bytes(self, body: bytes, mtime: float) -> "Next | IoPool":
+        """A GET/HEAD answered from memory (``devN/usage``), Range included."""
+        req = self.req
+        size = len(body)
+        status, first, last = (200, 0, size - 1) if req.range is None else resolve_range(req.range, size)
+        if status == 416:
+            return self._respond(error_head(416, req.keepalive, size))
+        head = file_head(status, mtime, last - first + 1, req.keepalive, first, last, size)
+        return self._respond(head if req.method == "HEAD" else head + body[first : last + 1])
 
     def _write_head_then_finish(self, pool: "IoPool | None") -> "Next | IoPool":
         if not self._flush():
@@ -272,13 +285,9 @@ class HttpClient:
         if not stat.S_ISREG(st.st_mode):
             return self._respond(error_head(403, req.keepalive))
         size = st.st_size
-        status, first, last = 200, 0, size - 1
-        if req.range is not None:
-            status, first, last = resolve_range(req.range, size)
-            if status == 416:
-                return self._respond(error_head(416, req.keepalive, size))
-            if status == 200:
-                first, last = 0, size - 1
+        status, first, last = (200, 0, size - 1) if req.range is None else resolve_range(req.range, size)
+        if status == 416:
+            return self._respond(error_head(416, req.keepalive, size))
         length = last - first + 1
         self.out = memoryview(file_head(status, st.st_mtime, length, req.keepalive, first, last, size))
         if req.method == "HEAD" or length == 0:
@@ -468,7 +477,7 @@ class HttpClient:
                 self._discard_tmp()
                 return self._fail(500)
             self.tmpname = None
-        self.svc.on_put(self.rel)
+        self.svc.on_change(self.rel)
         return self._respond(error_head(201, req.keepalive))
 
     # -- DELETE (device pool) --------------------------------------------
@@ -489,5 +498,5 @@ class HttpClient:
             else:
                 status = 500
             return self._respond(error_head(status, keep))
-        self.svc.on_delete(self.rel)
+        self.svc.on_change(self.rel)
         return self._respond(error_head(204, keep))
