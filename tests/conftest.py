@@ -1,12 +1,16 @@
 """Test harness: the daemon as a real subprocess on loopback, driven over sockets."""
 from __future__ import annotations
 
+import calendar
+import email.utils
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -57,6 +61,90 @@ def read_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
         chunks.append(chunk)
 
 
+EPOCH = b"Thu, 01 Jan 1970 00:00:00 GMT"
+_DATE_LINE = re.compile(rb"^Date: (.{29})\r\n", re.M)
+
+
+def check_http_date(value: bytes) -> None:
+    """Assert ``value`` is a 29-byte IMF-fixdate (weekday consistent with the date)."""
+    assert len(value) == 29, value
+    parsed = email.utils.parsedate(value.decode())
+    assert parsed is not None, value
+    assert email.utils.formatdate(calendar.timegm(parsed), usegmt=True).encode() == value
+
+
+@dataclass
+class Response:
+    """One HTTP response as read off the wire."""
+
+    head: bytes  # status line through the empty line
+    body: bytes
+
+    @property
+    def status(self) -> int:
+        return int(self.head.split(b" ", 2)[1])
+
+    def header(self, name: str) -> bytes | None:
+        m = re.search(rb"^" + re.escape(name.encode()) + rb": ([^\r]*)\r\n", self.head, re.M | re.I)
+        return m.group(1) if m else None
+
+    def norm(self) -> bytes:
+        """The head with its (format-checked) Date value replaced by the epoch."""
+        m = _DATE_LINE.search(self.head)
+        assert m is not None, self.head
+        check_http_date(m.group(1))
+        return self.head[: m.start(1)] + EPOCH + self.head[m.end(1):]
+
+
+class HttpConn:
+    """A raw client connection that splits pipelined responses by Content-Length."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def __enter__(self) -> "HttpConn":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> "HttpConn":
+        self.sock.sendall(data)
+        return self
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(1 << 20)
+        self.buf += chunk
+        return bool(chunk)
+
+    def response(self, head_only: bool = False) -> Response:
+        """Read one response; its body is Content-Length bytes unless ``head_only`` (HEAD)."""
+        while b"\r\n\r\n" not in self.buf:
+            assert self._fill(), f"EOF before a complete head: {self.buf!r}"
+        end = self.buf.index(b"\r\n\r\n") + 4
+        resp = Response(self.buf[:end], b"")
+        self.buf = self.buf[end:]
+        length = 0 if head_only else int(resp.header("Content-Length") or 0)
+        while len(self.buf) < length:
+            assert self._fill(), "EOF inside a body"
+        resp.body, self.buf = self.buf[:length], self.buf[length:]
+        return resp
+
+    def request(self, data: bytes, head_only: bool = False) -> Response:
+        return self.send(data).response(head_only)
+
+    def at_eof(self, timeout: float = 10.0) -> bool:
+        """True if the server closes the connection with nothing more to say."""
+        self.sock.settimeout(timeout)
+        try:
+            while self._fill():
+                pass
+        except ConnectionResetError:
+            pass
+        return self.buf == b""
+
+
 class Daemon:
     """One mogstored process with its own docroot and ports."""
 
@@ -96,6 +184,9 @@ class Daemon:
     def http(self) -> socket.socket:
         s = socket.create_connection((HOST, self.http_port), timeout=10)
         return s
+
+    def conn(self) -> HttpConn:
+        return HttpConn(self.http())
 
     def mgmt(self) -> socket.socket:
         return socket.create_connection((HOST, self.mgmt_port), timeout=10)
