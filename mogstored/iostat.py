@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from typing import Callable
 
 from . import log
@@ -18,6 +19,7 @@ from .devices import Mount
 
 DEFAULT_COMMAND = "iostat -dx 1 30"
 RETRY_DELAY = 10.0
+MIN_RUN = 1.0  # a command that exits 0 at once is not restarted in a tight loop
 
 # Device name, blanks, [anything ending in a blank], last field of [0-9.], blanks.
 # Unlike cmogstored 1.2.1 the name may contain "-" and "_" (dm-0, `iostat -N` names such
@@ -119,6 +121,7 @@ class IostatRunner:
     def _loop(self) -> None:
         env = dict(os.environ, LC_ALL="C")  # "2.00", never "2,00"
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 proc = subprocess.Popen(["/bin/sh", "-c", f"exec {self.command}"], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, env=env, close_fds=True)
@@ -144,3 +147,5 @@ class IostatRunner:
             if status != 0 and not self._stop.is_set():
                 log.error(f"iostat done (pid={proc.pid}, status={status}), will retry in {RETRY_DELAY:.0f}s")
                 self._stop.wait(RETRY_DELAY)
+            else:
+                self._stop.wait(started + MIN_RUN - time.monotonic())

@@ -166,7 +166,7 @@ class Daemon:
             cmd.append(f"--mgmtlisten={HOST}:{self.mgmt_port}")
         cmd += args
         full_env = dict(os.environ)
-        full_env.setdefault("MOG_IOSTAT_CMD", "true")
+        full_env.setdefault("MOG_IOSTAT_CMD", "sleep 86400")  # quiet; tests that watch set their own
         full_env.update(env or {})
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
