@@ -487,6 +487,8 @@ class HttpClient:
             return self._respond(error_head(403, keep))
         try:
             self.dirfd, name = self.svc.docroot.open_parent(self.rel)
+            if not name:  # "devN/dir/": what opened as a directory is the target (EISDIR)
+                return self._respond(error_head(403, keep))
             if stat.S_ISLNK(os.stat(name, dir_fd=self.dirfd, follow_symlinks=False).st_mode):
                 return self._respond(error_head(403, keep))
             os.unlink(name, dir_fd=self.dirfd)
