@@ -85,6 +85,17 @@ def _put_status(err: int) -> int:
     return 500
 
 
+def _refuse_symlink(dirfd: int, name: str) -> None:
+    """§3.4 item 4: a symlink below devN is never replaced, written through or
+    unlinked, even where rename/unlink would only touch the link (ELOOP -> 403)."""
+    try:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)
+
+
 class HttpClient:
     """A client of an HTTP (or GET-only) listener."""
 
@@ -331,6 +342,7 @@ class HttpClient:
             try:
                 self._create(docroot)
             except FileNotFoundError:
+                self._release_file()  # a directory vanishing under us must not leak dirfd
                 docroot.makedirs(self.rel.rpartition("/")[0])
                 self._create(docroot)
         except OSError as e:
@@ -350,6 +362,7 @@ class HttpClient:
 
     def _create(self, docroot) -> None:
         self.dirfd, name = docroot.open_parent(self.rel)
+        _refuse_symlink(self.dirfd, name)
         if self.req.content_range is not None:
             self.tmpname = None
             self.file = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dirfd)
@@ -489,8 +502,7 @@ class HttpClient:
             self.dirfd, name = self.svc.docroot.open_parent(self.rel)
             if not name:  # "devN/dir/": what opened as a directory is the target (EISDIR)
                 return self._respond(error_head(403, keep))
-            if stat.S_ISLNK(os.stat(name, dir_fd=self.dirfd, follow_symlinks=False).st_mode):
-                return self._respond(error_head(403, keep))
+            _refuse_symlink(self.dirfd, name)
             os.unlink(name, dir_fd=self.dirfd)
         except OSError as e:
             if e.errno == errno.ENOENT:
