@@ -53,6 +53,8 @@ _PUT_MODE = 0o666 & ~_umask()  # read once, while the process is single-threaded
 _TCP_INFO_LEN = 104
 _LAST_DATA_RECV = 52  # offset of tcpi_last_data_recv in struct tcp_info
 _noatime = os.O_NOATIME
+# O_NONBLOCK: a FIFO below devN must not block an I/O thread in open() (it is then 403).
+_GET_FLAGS = os.O_RDONLY | os.O_NONBLOCK
 _local = threading.local()
 
 
@@ -284,12 +286,12 @@ class HttpClient:
         docroot = self.svc.docroot
         try:
             try:
-                self.file = docroot.open(self.rel, os.O_RDONLY | _noatime)
+                self.file = docroot.open(self.rel, _GET_FLAGS | _noatime)
             except OSError as e:
                 if not _noatime or e.errno in (errno.ENOENT, errno.ELOOP):
                     raise
                 _noatime = 0  # files owned by others: EPERM with O_NOATIME
-                self.file = docroot.open(self.rel, os.O_RDONLY)
+                self.file = docroot.open(self.rel, _GET_FLAGS)
             st = os.fstat(self.file)
         except OSError as e:
             return self._respond(error_head(_open_status(e.errno), req.keepalive))

@@ -235,3 +235,12 @@ def test_large_file_body(d: Daemon) -> None:
     assert r.status_code == 200 and r.content == data
     r = requests.get(d.url("/dev1/big"), headers={"Range": "bytes=1000000-"}, timeout=30)
     assert r.status_code == 206 and r.content == data[1000000:]
+
+
+def test_fifo_is_403_without_blocking(d: Daemon) -> None:
+    """Opening a FIFO for reading must not wait for a writer (it would pin an I/O thread)."""
+    os.mkfifo(d.docroot / "dev1" / "fifo")
+    with d.conn() as c:
+        for method in (b"GET", b"HEAD"):
+            r = c.request(b"%s /dev1/fifo HTTP/1.1\r\n\r\n" % method, head_only=True)
+            assert r.norm() == generic_head(b"403 Forbidden")
