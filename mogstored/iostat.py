@@ -123,8 +123,10 @@ class IostatRunner:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
+                # Its own session: a terminal's ^C is for us; we stop iostat ourselves.
                 proc = subprocess.Popen(["/bin/sh", "-c", f"exec {self.command}"], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, env=env, close_fds=True)
+                                        stdout=subprocess.PIPE, env=env, close_fds=True,
+                                        start_new_session=True)
             except OSError as e:
                 log.error(f"iostat(1) not available/running: {e.strerror}")
                 self._stop.wait(RETRY_DELAY)

@@ -20,11 +20,11 @@ large_get  GET of one 256 MiB file, repeated, over ``--large-connections``
            cut off by the end of the round still count.
 put_64k    PUT of 64 KiB bodies over ``--connections`` keep-alive
            connections, each wrk thread cycling over its own 64 files under
-           /dev1/bench/put_64k/ (all pre-created: every PUT overwrites);
+           /dev1/<n>/000/000/ (all pre-created: every PUT overwrites);
            figure: requests/s.
 put_16m    PUT of 16 MiB bodies over ``--large-connections`` parallel
            keep-alive connections, 4 files per wrk thread under
-           /dev1/bench/put_16m/ (pre-created); figure: MB/s of request bodies
+           /dev1/<n>/000/000/ (pre-created); figure: MB/s of request bodies
            of COMPLETED PUTs (an upload cut off by the end of the round is not
            counted; that biases both servers alike and by at most
            connections x 16 MiB per round).
@@ -86,8 +86,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KIB = 1024
 MIB = 1024 * 1024
-SMALL_PATH = "/dev1/bench/small.fid"
-LARGE_PATH = "/dev1/bench/large.fid"
+SMALL_PATH = "/dev1/0/000/000/0000000001.fid"  # MogileFS paths: at most 37 bytes
+LARGE_PATH = "/dev1/0/000/000/0000000002.fid"
 SERVER_ORDER = ("nginx", "ours")
 
 
@@ -115,7 +115,7 @@ class Scenario:
     files_per_thread: int = 0  # PUT: distinct paths cycled by each wrk thread
 
     def put_prefix(self) -> str:
-        return f"/dev1/bench/{self.name}"
+        return f"/dev1/{list(SCENARIOS).index(self.name)}/000/000"
 
     def put_paths(self, threads: int) -> list[str]:
         return [f"{self.put_prefix()}/t{t}-{i}.fid"
@@ -369,7 +369,7 @@ def check_server(server: Server, docroot: Path, fixtures: Fixtures) -> None:
         if status != 200 or body != fixtures.small:
             raise BenchError(f"{server.name}: GET {SMALL_PATH} -> {status}, "
                              f"{len(body)} bytes, expected 200 and the file")
-        path = f"/dev1/bench/check/{server.name}/{os.getpid()}/a/b/new.fid"
+        path = f"/dev1/9/{server.name}/{os.getpid() % 1000:03d}/new.fid"
         for attempt, expected in (("new", (201,)), ("overwrite", (200, 201, 204))):
             payload = os.urandom(64 * KIB)
             status, _ = http_request(conn, "PUT", path, payload)
