@@ -104,7 +104,7 @@ class HttpClient:
     __slots__ = (
         "sock", "fd", "svc", "get_only", "inbuf", "pos", "out", "eof", "_state", "req",
         "pool", "rel", "file", "offset", "remaining", "tmpname", "dirfd", "md5",
-        "chunks", "written",
+        "chunks", "written", "peer",
     )
 
     def __init__(self, sock: socket.socket, svc: "ServiceContext", get_only: bool) -> None:
@@ -126,6 +126,11 @@ class HttpClient:
         self.offset = self.remaining = self.written = 0
         self.md5 = None
         self.chunks: ChunkedDecoder | None = None
+        # Kept from the start: after a reset getpeername() fails, yet the log names the peer.
+        try:
+            self.peer = "%s:%d" % sock.getpeername()[:2]
+        except OSError:
+            self.peer = "?:0"
 
     # -- event core interface --------------------------------------------
     def step(self, pool: "IoPool | None") -> "Next | IoPool":
@@ -450,14 +455,13 @@ class HttpClient:
         """The client went away mid-body: no response, no file (§1.8)."""
         req = self.req
         try:
-            ip, port = self.sock.getpeername()[:2]
             info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
             (last_recv,) = struct.unpack_from("I", info, _LAST_DATA_RECV)
         except OSError:
-            ip, port, last_recv = "?", 0, 0
+            last_recv = 0
         done = self.offset if req.content_range else self.written
-        log.error(f"PUT {req.path} failed from {ip}:{port} after {done} bytes: {why}")
-        log.error(f"last_data_recv={last_recv}ms from {ip}:{port} for PUT {req.path}")
+        log.error(f"PUT {req.path} failed from {self.peer} after {done} bytes: {why}")
+        log.error(f"last_data_recv={last_recv}ms from {self.peer} for PUT {req.path}")
         self._discard_tmp()
         return Next.CLOSE
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -107,3 +108,18 @@ def test_keepalive_survives_many_sequential_requests(d: Daemon) -> None:
         for i in range(300):
             r = c.request(b"GET /dev1/f HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             assert r.body == b"file" and r.header("Connection") == b"keep-alive"
+
+
+def test_client_leaving_mid_response_does_not_hurt(d: Daemon) -> None:
+    """Clients vanishing during a large body (FIN or reset) leave the server serving others."""
+    (d.docroot / "dev1" / "big").write_bytes(b"x" * (8 << 20))
+    for linger in (False, True):
+        s = d.http()
+        s.sendall(b"GET /dev1/big HTTP/1.1\r\n\r\n" * 3)
+        assert s.recv(100).startswith(b"HTTP/1.1 200 OK\r\n")
+        if linger:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    with d.conn() as c:
+        assert c.request(b"GET /dev1/f HTTP/1.1\r\n\r\n").body == b"file"
+    assert "Traceback" not in d.stderr()

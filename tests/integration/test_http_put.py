@@ -7,6 +7,8 @@ import hashlib
 import os
 import re
 import socket
+import struct
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -321,3 +323,20 @@ def test_premature_eof_content_range_keeps_written_bytes(d: Daemon) -> None:
     port, err = premature(d, b"/dev1/eof/cr", b"Content-Range: bytes 10-19/*\r\nContent-Length: 10\r\n", b"abc")
     assert f"PUT /dev1/eof/cr failed from 127.0.0.1:{port} after 13 bytes: premature EOF" in err
     assert dev1(d, "eof/cr").read_bytes() == b"\0" * 10 + b"abc"
+
+
+def test_reset_mid_body_logs_strerror(d: Daemon) -> None:
+    """A reset instead of a FIN: the first line ends in the error text instead (§1.8)."""
+    s = d.http()
+    port = s.getsockname()[1]
+    s.sendall(b"PUT /dev1/eof/rst HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+    assert requests.get(d.url("/"), timeout=10).status_code == 200  # the PUT is under way
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    pattern = re.compile(rf"PUT /dev1/eof/rst failed from 127\.0\.0\.1:{port} after \d bytes: "
+                         rf"Connection reset by peer\n.*: last_data_recv=\d+ms from 127\.0\.0\.1:{port} for PUT ")
+    deadline = time.monotonic() + 10
+    while not pattern.search(d.stderr()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pattern.search(d.stderr()), d.stderr()
+    assert not dev1(d, "eof/rst").exists()
