@@ -149,6 +149,27 @@ class HttpConn:
         return self.pos == len(self.buf)
 
 
+def read_lines(sock: socket.socket, n: int, timeout: float = 10.0) -> list[bytes]:
+    """Exactly ``n`` CRLF-terminated reply lines (each with its CRLF), nothing more."""
+    sock.settimeout(timeout)
+    data = b""
+    while data.count(b"\r\n") < n:
+        chunk = sock.recv(65536)
+        assert chunk, f"EOF after {data!r}"
+        data += chunk
+    lines = data.split(b"\r\n")
+    assert lines[n:] == [b""], data
+    return [line + b"\r\n" for line in lines[:n]]
+
+
+def http_get(d: "Daemon", path: str) -> tuple[int, bytes]:
+    """(status code, body) of an HTTP/1.0 GET on a fresh connection."""
+    with d.http() as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        head, _, body = read_all(s, timeout=30).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
 class Daemon:
     """One mogstored process with its own docroot and ports."""
 

@@ -7,11 +7,10 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import HOST, Daemon, read_all, read_until
+from conftest import Daemon, http_get, read_all, read_lines, read_until
 
 ABC_MD5 = "900150983cd24fb0d6963f7d28e17f72"
 ABC_SHA1 = "a9993e364706816aba3e25717850c26c9cd0d89d"
@@ -31,19 +30,6 @@ def ask(d: Daemon, line: bytes) -> bytes:
     return d.mgmt_cmd(line)
 
 
-def read_lines(sock: socket.socket, n: int, timeout: float = 10.0) -> list[bytes]:
-    """Exactly ``n`` CRLF-terminated reply lines, nothing more pending."""
-    sock.settimeout(timeout)
-    data = b""
-    while data.count(b"\r\n") < n:
-        chunk = sock.recv(65536)
-        assert chunk, f"EOF after {data!r}"
-        data += chunk
-    lines = data.split(b"\r\n")
-    assert lines[n:] == [b""], data
-    return [line + b"\r\n" for line in lines[:n]]
-
-
 def assert_silent(sock: socket.socket, wait: float = 0.3) -> None:
     """Nothing arrives (and the connection stays open) for ``wait`` seconds."""
     sock.settimeout(wait)
@@ -57,15 +43,6 @@ def assert_dropped(sock: socket.socket) -> None:
         assert read_all(sock, timeout=5) == b""
     except ConnectionResetError:
         pass
-
-
-def http_get(d: Daemon, path: str) -> tuple[int, bytes]:
-    """(status code, body) of an HTTP/1.0 GET."""
-    with d.http() as s:
-        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-        data = read_all(s, timeout=30)
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
 
 
 # -- Appendix A, §4.3, §4.4 ---------------------------------------------------
