@@ -3,7 +3,6 @@ resolves through one, for any method, and nothing outside the docroot is read or
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
