@@ -132,6 +132,8 @@ class IostatRunner:
                 self._stop.wait(RETRY_DELAY)
                 continue
             self._proc = proc
+            if self._stop.is_set():  # stop() ran during Popen and saw no process to end
+                proc.terminate()
             parser = IostatParser()
             fd = proc.stdout.fileno()
             while True:
