@@ -95,9 +95,8 @@ class MgmtClient:
     # -- reading and running commands --------------------------------------
     def _read(self, pool: "IoPool | None") -> "Next | IoPool":
         while True:
-            if self.out:
-                if not self._flush():
-                    return Next.WRITE
+            if self.out and (nxt := self._flush()) is not None:
+                return nxt
             try:
                 line = self.lines.next_line()
             except LineTooLong:
@@ -151,17 +150,20 @@ class MgmtClient:
             return Next.READ
         return None
 
-    def _flush(self) -> bool:
+    def _flush(self) -> Next | None:
+        """Send what we can; None once all is sent.
+
+        A failed send closes at once: nobody is left to read the answers of the
+        commands still buffered, so running them (digests of big files) is wasted disk time.
+        """
         try:
             n = self.sock.send(self.out)
         except BlockingIOError:
-            return False
+            return Next.WRITE
         except OSError:
-            self.out.clear()
-            self.eof = True
-            return True
+            return Next.CLOSE
         del self.out[:n]
-        return not self.out
+        return Next.WRITE if self.out else None
 
     def _reset(self) -> Next:
         """Drop the connection with a TCP reset: the peer sent garbage."""

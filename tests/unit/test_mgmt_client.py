@@ -1,0 +1,37 @@
+"""MgmtClient steps driven directly over a socketpair, with a stub service."""
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+from mogstored.core import Next
+from mogstored.mgmt import MgmtClient
+
+POOL = object()  # stands in for a device I/O pool
+
+
+def client_pair() -> tuple[MgmtClient, socket.socket]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    svc = SimpleNamespace(docroot=SimpleNamespace(path="/nonexistent"), watchers=set(),
+                          ioq=SimpleNamespace(for_path=lambda docroot, path: POOL),
+                          server=SimpleNamespace(quitting=False))
+    return MgmtClient(ours, svc), peer
+
+
+def test_commands_run_until_a_disk_step() -> None:
+    c, peer = client_pair()
+    peer.sendall(b"\r\nhello\nMD5 /dev1/x\r\n")
+    assert c.step(None) is POOL
+    assert peer.recv(100) == b"\r\nERROR: unknown command: hello\r\n"
+    c.close()
+
+
+def test_failed_send_closes_without_running_the_rest() -> None:
+    """Regression: a write error used to be ignored and the buffered commands run anyway,
+    parking the dead connection in a device pool for a digest nobody would read."""
+    c, peer = client_pair()
+    peer.sendall(b"\r\nMD5 /dev1/x\r\n")
+    peer.close()
+    assert c.step(None) is Next.CLOSE
+    c.close()
