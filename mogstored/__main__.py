@@ -3,12 +3,15 @@ pidfile write, first usage pass, threads; then serve until a graceful stop."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from . import listeners, log
+from .arbiter import Arbiter, first_usage_pass
 from .cli import EarlyExit, Options, StartupError, UsageError, load_options
 from .daemon import Pidfile, daemonize, raise_nofile
-from .server import Listener, Server
+from .server import LIFECYCLE_SIGNALS, Listener, Server
+from .upgrade import Upgrade
 
 
 def program_name() -> str:
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.open_syslog()
     raise_nofile(opts.maxconns)
+    signal.pthread_sigmask(signal.SIG_BLOCK, LIFECYCLE_SIGNALS)  # until handled (server.LIFECYCLE_SIGNALS)
     try:
         bound = open_listeners(opts)
         pidfile = Pidfile.open(opts.pidfile) if opts.pidfile else None
@@ -55,15 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     ready = daemonize(argv0) if opts.daemonize else None
     if pidfile is not None:
         pidfile.write(os.getpid())
-    server = Server(bound, opts.worker_processes, opts.iostat)
-    server.install_signals()
-    server.usage_pass(now=True)
-    server.start()
-    if ready is not None:
-        ready()
-    status = server.run()
+    upgrade = Upgrade(opts.pidfile, [lst.sock for lst in bound])
+    if opts.worker_processes:
+        first_usage_pass(opts.services)
+        if ready is not None:
+            ready()
+        status = Arbiter(bound, opts.worker_processes, opts.iostat, upgrade).run()
+    else:
+        server = Server(bound, opts.worker_processes, opts.iostat)
+        server.upgrade = upgrade
+        server.install_signals()
+        server.usage_pass(now=True)
+        server.start()
+        if ready is not None:
+            ready()
+        status = server.run()
     if pidfile is not None:
         pidfile.remove()
+    upgrade.finish()
     return status
 
 

@@ -141,16 +141,46 @@ class Pidfile:
 
     def remove(self) -> None:
         """Unlink the file if it still holds our PID (an upgrade may have taken it over)."""
+        remove_pidfile(self.path)
+
+
+def read_pidfile(path: str) -> int | None:
+    """The PID a pidfile names; None when missing, empty or unparsable."""
+    try:
+        with open(path, "rb") as f:
+            return _parse_pid(f.read(64))
+    except OSError:
+        return None
+
+
+def write_pidfile(path: str, pid: int) -> None:
+    """Create or truncate ``path`` holding ``<pid>\\n``; a failure is logged."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
-            with open(self.path, "rb") as f:
-                owner = _parse_pid(f.read())
+            os.write(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.error(f"failed to write pidfile({path}): {e.strerror}. continuing...")
+
+
+def remove_pidfile(path: str) -> None:
+    """Unlink ``path`` only if it names this process."""
+    if read_pidfile(path) == os.getpid():
+        try:
+            os.unlink(path)
         except OSError:
-            return
-        if owner == os.getpid():
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            pass
+
+
+def pid_alive(pid: int) -> bool:
+    """kill(pid, 0) does not say ESRCH (EPERM: alive, just not ours)."""
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno != errno.ESRCH
+    return True
 
 
 def _read_pid(fd: int) -> int | None:
@@ -165,13 +195,7 @@ def _parse_pid(content: bytes) -> int | None:
 
 def _alive(pid: int) -> bool:
     """True unless kill(pid, 0) says ESRCH; our own PID is stale content, not a rival."""
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno != errno.ESRCH
-    return True
+    return 0 < pid != os.getpid() and pid_alive(pid)
 
 
 _READY = b"R"

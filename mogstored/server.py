@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from setproctitle import setproctitle
 
@@ -23,7 +23,16 @@ from .ioq import MAX_THREADS, IoQueues
 from .mgmt import MgmtClient
 from .service import ServiceContext
 
+if TYPE_CHECKING:
+    from .upgrade import Upgrade
+
 SHUTDOWN_TITLE = "mogstored, shutting down"
+# Blocked from the start of main() until the process's handlers are in place
+# (a worker: until it has its own), so a signal received during start-up takes
+# effect once serving instead of killing a half-started process (§9).
+LIFECYCLE_SIGNALS = frozenset({signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
+                               signal.SIGCHLD, signal.SIGHUP, signal.SIGWINCH})
+PARENT_CHECK_INTERVAL = 1.0  # a worker notices an exited master this soon
 
 
 def usage_interval(environ: dict[str, str] | os._Environ = os.environ) -> int:
@@ -52,6 +61,10 @@ def acceptor_threads(kind: str, worker_processes: int) -> int:
 class Server:
     """Serves the given listeners until a graceful shutdown completes."""
 
+    master_pid: int | None = None  # set in a worker process (§6.6)
+    upgrade: "Upgrade | None" = None  # set when this process itself serves (no workers)
+    _upgrade_requested = False
+
     def __init__(self, listeners: list[Listener], worker_processes: int = 0, iostat: bool = True) -> None:
         self.listeners = listeners
         self.worker_processes = worker_processes
@@ -77,7 +90,18 @@ class Server:
 
     # -- called from any thread ----------------------------------------------
     def request_shutdown(self) -> None:
+        """``shutdown``: a worker passes it on to the master, which stops every worker."""
+        if self.master_pid is not None:
+            os.kill(self.master_pid, signal.SIGQUIT)
+        else:
+            self._stop()
+
+    def _stop(self) -> None:
         self._stop_requested = True
+        self._wake.set()
+
+    def _request_upgrade(self) -> None:
+        self._upgrade_requested = True
         self._wake.set()
 
     def request_usage_pass(self) -> None:
@@ -102,11 +126,19 @@ class Server:
 
     # -- main thread -------------------------------------------------------------
     def install_signals(self) -> None:
+        """QUIT/TERM/INT stop this process gracefully; USR2 upgrades unless we
+        are a worker; then the signals held back since start-up are let in."""
         for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda s, f: self.request_shutdown())
-        for sig in (signal.SIGHUP, signal.SIGWINCH, signal.SIGUSR2):
+            signal.signal(sig, lambda s, f: self._stop())
+        for sig in (signal.SIGHUP, signal.SIGWINCH):
             signal.signal(sig, signal.SIG_IGN)
+        if self.upgrade is None:
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGUSR2, lambda s, f: self._request_upgrade())
+            signal.signal(signal.SIGCHLD, lambda s, f: self._wake.set())  # the upgrade child died?
         install_kick_handler()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, LIFECYCLE_SIGNALS)
 
     def usage_pass(self, now: bool = False) -> None:
         for ctx in self.services.values():
@@ -132,8 +164,19 @@ class Server:
         """Main loop: periodic usage passes and run-time settings, until asked to stop."""
         next_usage = time.monotonic() + self.usage_interval
         while not self._stop_requested:
-            self._wake.wait(max(0.0, next_usage - time.monotonic()))
+            timeout = next_usage - time.monotonic()
+            if self.master_pid is not None:
+                timeout = min(timeout, PARENT_CHECK_INTERVAL)
+            self._wake.wait(max(0.0, timeout))
             self._wake.clear()
+            if self.master_pid is not None and os.getppid() != self.master_pid:
+                log.error(f"parent={self.master_pid} abandoned us, dying")
+                break
+            if self.upgrade is not None:
+                self.upgrade.poll()
+                if self._upgrade_requested:
+                    self._upgrade_requested = False
+                    self.upgrade.start()
             if self._pending_aio is not None:
                 n, self._pending_aio = self._pending_aio, None
                 log.info(f"server aio_threads={n}")

@@ -1,0 +1,156 @@
+"""The master of ``--worker-processes=N`` (§6.6): forks the workers, respawns the
+dead, passes QUIT on, and performs SIGUSR2 upgrades.  It serves nothing.
+
+The master stays single-threaded for its whole life: it forks workers at any
+time (respawns), and forking a process with threads is unsafe.  So it runs no
+thread pool, no iostat (each worker runs its own), and takes its signals
+synchronously with ``sigtimedwait``: they stay blocked, no handler runs, and
+the loop below reads like the state machine it is.
+
+Every worker is a complete single-process server accepting on the shared
+listeners; balancing between them is the kernel's (and :mod:`core`'s) job.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from . import log
+from .cli import Service
+from .server import LIFECYCLE_SIGNALS, Listener, Server
+from .service import ServiceContext
+from .upgrade import Upgrade
+
+FORK_RETRY = 10.0  # seconds after a failed fork
+QUIT_REPEAT = 1.0  # while stopping, QUIT goes out again this often
+
+
+class Arbiter:
+    """Keeps N workers alive until told to stop."""
+
+    def __init__(self, listeners: list[Listener], nworkers: int, iostat: bool, upgrade: Upgrade) -> None:
+        self.listeners = listeners
+        self.nworkers = nworkers
+        self.iostat = iostat
+        self.upgrade = upgrade
+        self.pid = os.getpid()
+        self.workers: dict[int, int] = {}  # pid -> worker index
+        self.unborn: dict[int, float] = {}  # index -> when to retry a failed fork
+        self.quitting = False
+
+    def run(self) -> int:
+        """Signals are already blocked (since main() began); returns the exit status."""
+        for i in range(self.nworkers):
+            self.spawn(i)
+        while True:
+            timeout = self._timeout()
+            if timeout is None:
+                self.handle(signal.sigwaitinfo(LIFECYCLE_SIGNALS).si_signo)
+            else:
+                info = signal.sigtimedwait(LIFECYCLE_SIGNALS, timeout)
+                if info is not None:
+                    self.handle(info.si_signo)
+            self.reap()
+            if self.quitting:
+                if not self.workers:
+                    return 0
+                self.signal_workers(signal.SIGQUIT)
+            else:
+                self.retry_forks()
+
+    def handle(self, sig: int) -> None:
+        if sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
+            self.quitting = True
+        elif sig == signal.SIGUSR2 and not self.quitting:
+            self.upgrade.start()
+        # SIGCHLD: reaped right after; USR1, HUP, WINCH: no-ops, as in cmogstored
+
+    def _timeout(self) -> float | None:
+        if self.quitting:
+            return QUIT_REPEAT
+        if self.unborn:
+            return max(0.0, min(self.unborn.values()) - time.monotonic())
+        return None
+
+    # -- workers -------------------------------------------------------------
+    def spawn(self, index: int) -> None:
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log.error(f"fork() for worker[{index}] failed: {e.strerror}, retrying in {FORK_RETRY:.0f}s")
+            self.unborn[index] = time.monotonic() + FORK_RETRY
+            return
+        if pid == 0:
+            os._exit(self._worker())
+        self.unborn.pop(index, None)
+        self.workers[pid] = index
+
+    def retry_forks(self) -> None:
+        now = time.monotonic()
+        for index, when in list(self.unborn.items()):
+            if when <= now:
+                self.spawn(index)
+
+    def reap(self) -> None:
+        """Only our own children, by PID: the workers and the upgrade child."""
+        for pid, index in list(self.workers.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
+                continue
+            del self.workers[pid]
+            if not self.quitting:
+                log.error(f"worker[{index}] PID:{pid} died with status={status}, respawning")
+                self.spawn(index)
+        self.upgrade.poll()
+
+    def signal_workers(self, sig: int) -> None:
+        for pid in self.workers:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _worker(self) -> int:
+        """In the forked child: become a complete single-process server."""
+        try:
+            server = Server(self.listeners, self.nworkers, self.iostat)
+            server.master_pid = self.pid
+            server.install_signals()
+            server.usage_pass(now=True)  # device table; the files exist already
+            server.start()
+            return server.run()
+        except BaseException as e:  # never return into the master's code
+            log.error(f"worker died: {e!r}")
+            return 1
+
+
+class _NoPools:
+    """Device I/O pools as the master's usage pass needs them: not at all (a
+    pass with ``now=True`` runs inline), and real ones would start threads."""
+
+    def set_devices(self, docroot: str, devids: set[int]) -> None:
+        pass
+
+    def for_path(self, docroot: str, path: str) -> None:
+        return None
+
+
+class _Inline:
+    """What a ServiceContext needs of its server for one inline usage pass."""
+
+    ioq = _NoPools()
+    fsck = None
+
+
+def first_usage_pass(services: list[Service]) -> None:
+    """§1.5: every usage file exists before any worker answers, written
+    without starting a thread in the master."""
+    for service in services:
+        ctx = ServiceContext(service, _Inline())  # type: ignore[arg-type]
+        ctx.scan()
+        ctx.usage_pass(now=True)
+        os.close(ctx.docroot.fd)
