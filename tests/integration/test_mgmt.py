@@ -25,11 +25,6 @@ def node(shared_daemon: Daemon) -> Daemon:
     return shared_daemon
 
 
-def ask(d: Daemon, line: bytes) -> bytes:
-    """One command on a fresh connection; the first reply line."""
-    return d.mgmt_cmd(line)
-
-
 def assert_silent(sock: socket.socket, wait: float = 0.3) -> None:
     """Nothing arrives (and the connection stays open) for ``wait`` seconds."""
     sock.settimeout(wait)
@@ -78,11 +73,11 @@ def assert_dropped(sock: socket.socket) -> None:
     (b"hello world\r\n", b"ERROR: unknown command: hello\r\n"),
 ], ids=repr)
 def test_appendix_a(node: Daemon, line: bytes, reply: bytes) -> None:
-    assert ask(node, line) == reply
+    assert node.mgmt_cmd(line) == reply
 
 
 def test_size_of_directory_is_its_st_size(node: Daemon) -> None:
-    assert ask(node, b"size /dev1\r\n") == b"/dev1 %d\r\n" % os.stat(node.docroot / "dev1").st_size
+    assert node.mgmt_cmd(b"size /dev1\r\n") == b"/dev1 %d\r\n" % os.stat(node.docroot / "dev1").st_size
 
 
 @pytest.mark.parametrize("verb", [b"size", b"MD5", b"SHA-1"])
@@ -90,9 +85,9 @@ def test_path_length_limit(node: Daemon, verb: bytes) -> None:
     """37 bytes is the longest PATH; 38 gets the ``..`` text (kept on purpose, §8)."""
     assert len(LONGEST) == 37
     suffix = {b"size": b"-1", b"MD5": b"MD5=-1", b"SHA-1": b"SHA-1=-1"}[verb]
-    assert ask(node, verb + b" " + LONGEST.encode() + b"\r\n") == LONGEST.encode() + b" " + suffix + b"\r\n"
-    assert ask(node, verb + b" " + LONGEST.encode() + b"x\r\n") == BAD_PATH
-    assert ask(node, verb + b" /" + b"d" * 37 + b"\r\n") == BAD_PATH
+    assert node.mgmt_cmd(verb + b" " + LONGEST.encode() + b"\r\n") == LONGEST.encode() + b" " + suffix + b"\r\n"
+    assert node.mgmt_cmd(verb + b" " + LONGEST.encode() + b"x\r\n") == BAD_PATH
+    assert node.mgmt_cmd(verb + b" /" + b"d" * 37 + b"\r\n") == BAD_PATH
 
 
 @pytest.mark.parametrize("line, token", [
@@ -203,7 +198,7 @@ def test_overlong_line_drops_connection(node: Daemon, data: bytes) -> None:
         if answered:
             assert read_until(s, b"\r\n") == b"/dev1/a.fid 3\r\n"
         assert_dropped(s)
-    assert ask(node, b"size /dev1/a.fid\r\n") == b"/dev1/a.fid 3\r\n"
+    assert node.mgmt_cmd(b"size /dev1/a.fid\r\n") == b"/dev1/a.fid 3\r\n"
 
 
 def test_client_half_close_still_answered(node: Daemon) -> None:
@@ -217,13 +212,13 @@ def test_client_half_close_still_answered(node: Daemon) -> None:
 
 def test_double_slash_stays_inside_docroot(node: Daemon) -> None:
     """1.2.1 looked up ``//etc/passwd`` as an absolute path (§8); echo PATH unchanged."""
-    assert ask(node, b"size //etc/passwd\r\n") == b"//etc/passwd -1\r\n"
-    assert ask(node, b"MD5 //etc/passwd\r\n") == b"//etc/passwd MD5=-1\r\n"
+    assert node.mgmt_cmd(b"size //etc/passwd\r\n") == b"//etc/passwd -1\r\n"
+    assert node.mgmt_cmd(b"MD5 //etc/passwd\r\n") == b"//etc/passwd MD5=-1\r\n"
     (node.docroot / "etc").mkdir(exist_ok=True)
     (node.docroot / "etc" / "passwd").write_bytes(b"abc")
-    assert ask(node, b"size //etc/passwd\r\n") == b"//etc/passwd 3\r\n"
-    assert ask(node, b"SHA-1 //etc/passwd\r\n") == f"//etc/passwd SHA-1={ABC_SHA1}\r\n".encode()
-    assert ask(node, b"size //dev1/a.fid\r\n") == b"//dev1/a.fid 3\r\n"
+    assert node.mgmt_cmd(b"size //etc/passwd\r\n") == b"//etc/passwd 3\r\n"
+    assert node.mgmt_cmd(b"SHA-1 //etc/passwd\r\n") == f"//etc/passwd SHA-1={ABC_SHA1}\r\n".encode()
+    assert node.mgmt_cmd(b"size //dev1/a.fid\r\n") == b"//dev1/a.fid 3\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -246,16 +241,16 @@ def symlinks(node: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Daemon:
                                   "/dev1/ln-etc", "/dev1/ln-dir"])
 def test_symlink_below_device_is_missing(symlinks: Daemon, path: str) -> None:
     p = path.encode()
-    assert ask(symlinks, b"size " + p + b"\r\n") == p + b" -1\r\n"
-    assert ask(symlinks, b"MD5 " + p + b"\r\n") == p + b" MD5=-1\r\n"
-    assert ask(symlinks, b"SHA-1 " + p + b" fsck\r\n") == p + b" SHA-1=-1\r\n"
+    assert symlinks.mgmt_cmd(b"size " + p + b"\r\n") == p + b" -1\r\n"
+    assert symlinks.mgmt_cmd(b"MD5 " + p + b"\r\n") == p + b" MD5=-1\r\n"
+    assert symlinks.mgmt_cmd(b"SHA-1 " + p + b" fsck\r\n") == p + b" SHA-1=-1\r\n"
 
 
 def test_device_itself_may_be_a_symlink(symlinks: Daemon) -> None:
-    assert ask(symlinks, b"size /dev3/f.fid\r\n") == b"/dev3/f.fid 3\r\n"
-    assert ask(symlinks, b"MD5 /dev3/f.fid\r\n") == f"/dev3/f.fid MD5={ABC_MD5}\r\n".encode()
-    assert ask(symlinks, b"SHA-1 /dev3/f.fid fsck\r\n") == f"/dev3/f.fid SHA-1={ABC_SHA1}\r\n".encode()
-    assert ask(symlinks, b"size /dev1/sub/in.fid\r\n") == b"/dev1/sub/in.fid 3\r\n"
+    assert symlinks.mgmt_cmd(b"size /dev3/f.fid\r\n") == b"/dev3/f.fid 3\r\n"
+    assert symlinks.mgmt_cmd(b"MD5 /dev3/f.fid\r\n") == f"/dev3/f.fid MD5={ABC_MD5}\r\n".encode()
+    assert symlinks.mgmt_cmd(b"SHA-1 /dev3/f.fid fsck\r\n") == f"/dev3/f.fid SHA-1={ABC_SHA1}\r\n".encode()
+    assert symlinks.mgmt_cmd(b"size /dev1/sub/in.fid\r\n") == b"/dev1/sub/in.fid 3\r\n"
 
 
 # -- digests: big files, HTTP agreement, concurrency ---------------------------
@@ -275,12 +270,12 @@ def test_big_file_digest_matches_hashlib_and_http(node: Daemon) -> None:
     assert status == 200 and len(body) == 100 << 20
     assert hashlib.md5(body).hexdigest() == md5.hexdigest()
     del body
-    assert ask(node, b"MD5 /dev1/big.fid\r\n") == want
-    assert ask(node, b"size /dev1/big.fid\r\n") == b"/dev1/big.fid %d\r\n" % (100 << 20)
+    assert node.mgmt_cmd(b"MD5 /dev1/big.fid\r\n") == want
+    assert node.mgmt_cmd(b"size /dev1/big.fid\r\n") == b"/dev1/big.fid %d\r\n" % (100 << 20)
     with node.http() as s:
         s.sendall(b"DELETE /dev1/big.fid HTTP/1.0\r\n\r\n")
         assert read_all(s).startswith(b"HTTP/1.1 204 No Content\r\n")
-    assert ask(node, b"MD5 /dev1/big.fid\r\n") == b"/dev1/big.fid MD5=-1\r\n"
+    assert node.mgmt_cmd(b"MD5 /dev1/big.fid\r\n") == b"/dev1/big.fid MD5=-1\r\n"
     assert http_get(node, "/dev1/big.fid")[0] == 404
 
 
@@ -288,7 +283,7 @@ def test_small_file_digest_matches_http(node: Daemon) -> None:
     (node.docroot / "dev2" / "four.fid").write_bytes(b"\x00\xffab")
     assert http_get(node, "/dev2/four.fid")[1] == b"\x00\xffab"
     want = hashlib.md5(b"\x00\xffab").hexdigest()
-    assert ask(node, b"MD5 /dev2/four.fid\r\n") == f"/dev2/four.fid MD5={want}\r\n".encode()
+    assert node.mgmt_cmd(b"MD5 /dev2/four.fid\r\n") == f"/dev2/four.fid MD5={want}\r\n".encode()
 
 
 def test_concurrent_digests(node: Daemon) -> None:
