@@ -17,7 +17,9 @@ import signal
 import time
 
 from . import log
+from .board import LoadBoard
 from .cli import Service
+from .core import Acceptor
 from .server import LIFECYCLE_SIGNALS, Listener, Server
 from .service import ServiceContext
 from .upgrade import Upgrade
@@ -38,6 +40,7 @@ class Arbiter:
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.unborn: dict[int, float] = {}  # index -> when to retry a failed fork
         self.quitting = False
+        self.board = LoadBoard(nworkers)
 
     def run(self) -> int:
         """Signals are already blocked (since main() began); returns the exit status."""
@@ -82,7 +85,7 @@ class Arbiter:
             self.unborn[index] = time.monotonic() + FORK_RETRY
             return
         if pid == 0:
-            os._exit(self._worker())
+            os._exit(self._worker(index))
         self.unborn.pop(index, None)
         self.workers[pid] = index
 
@@ -102,6 +105,7 @@ class Arbiter:
             if done == 0:
                 continue
             del self.workers[pid]
+            self.board.withdraw(index)
             if not self.quitting:
                 log.error(f"worker[{index}] PID:{pid} died with status={status}, respawning")
                 self.spawn(index)
@@ -114,9 +118,11 @@ class Arbiter:
             except ProcessLookupError:
                 pass
 
-    def _worker(self) -> int:
+    def _worker(self, index: int) -> int:
         """In the forked child: become a complete single-process server."""
         try:
+            self.board.index = index
+            Acceptor.board = self.board
             server = Server(self.listeners, self.nworkers, self.iostat)
             server.master_pid = self.pid
             server.install_signals()

@@ -18,11 +18,13 @@ import select
 import signal
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from . import log
 
 if TYPE_CHECKING:
+    from .board import LoadBoard
     from .ioq import IoPool
 
 ONESHOT = select.EPOLLONESHOT
@@ -205,8 +207,17 @@ class Acceptor:
     """Threads doing nothing but blocking accept + EPOLL_CTL_ADD on one listener.
 
     Blocking accept gives the kernel's wake-one behaviour, which spreads new
-    connections evenly over every process sharing the listener.
+    connections evenly over every process sharing the listener while they
+    trickle in.  A burst is spread by the worker processes' load board: an
+    acceptor whose process holds more connections than another worker's waits
+    a moment before accepting again (docs/queues.txt, "Processes").
     """
+
+    board: "LoadBoard | None" = None  # set in a worker process; one per process
+    SLACK = 1  # connections a worker may hold beyond the least loaded one
+    TURN_WAIT = 0.0005  # seconds between looks at the board
+    PATIENCE = 0.01  # give up waiting for a worker that does not accept
+    STARVED_PAUSE = 0.01  # out of descriptors: retry accept4 this soon
 
     def __init__(
         self,
@@ -232,6 +243,7 @@ class Acceptor:
     def _loop(self) -> None:
         lfd = self.lsock.fileno()
         while self.running:
+            self._take_turn()
             try:
                 fd = accept4(lfd)
             except OSError as e:
@@ -242,19 +254,44 @@ class Acceptor:
                     continue
                 if e.errno == errno.EBADF or e.errno == errno.EINVAL:
                     return
-                self.on_error(e)
+                self._starved(e)
                 continue
-            if not self.running:
-                # Accepted after we were told to stop: nobody will serve it here.
-                os.close(fd)
-                return
+            # Even if told to stop meanwhile: the client is served (shutdown
+            # completes it), as the listener's other holders would have.
             sock = socket.socket(fileno=fd)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.queue.add(self.make_client(sock))
 
+    def _take_turn(self) -> None:
+        """Let a less loaded worker take the next connection, unless it does not
+        within PATIENCE (stopped, or starved of CPU)."""
+        board = self.board
+        if board is None:
+            return
+        deadline = time.monotonic() + self.PATIENCE
+        while self.running:
+            mine = len(self.queue.clients)
+            board.publish(mine)
+            if mine <= board.least_other() + self.SLACK or time.monotonic() >= deadline:
+                return
+            time.sleep(self.TURN_WAIT)
+
+    def _starved(self, e: OSError) -> None:
+        """Out of descriptors (§3.10): expire idle clients and retry soon; the
+        log and the scan happen at most once a second."""
+        from .expire import STARVED, relieve  # expire needs http, which imports this module
+
+        if e.errno not in STARVED:
+            self.on_error(e)
+            return
+        relieve(self.queue, lambda: self.on_error(e))
+        time.sleep(self.STARVED_PAUSE)
+
     def stop(self) -> None:
         """Kick every thread out of accept4 with a signal and wait for it."""
         self.running = False
+        if self.board is not None:
+            self.board.withdraw(self.board.index)
         for t in self.threads:
             while t.is_alive():
                 if t.ident is not None:

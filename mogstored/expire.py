@@ -1,0 +1,66 @@
+"""Descriptor pressure (§3.10): when ``accept4`` or a file ``open`` runs out of
+descriptors, HTTP connections silent in both directions for more than 5 s are
+shut down, so that waiting clients get served.
+
+There is no idle timeout otherwise: a keep-alive client may stay forever while
+descriptors are plentiful.  Idleness is the kernel's view of the TCP connection
+(``TCP_INFO``), whatever the HTTP state, so a client stalled mid-head or
+mid-body qualifies too.  Sidechannel connections are never expired.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+from . import log
+from .http import HttpClient
+
+if TYPE_CHECKING:
+    from .core import EventQueue
+
+STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+IDLE_MS = 5000
+_TCP_ESTABLISHED = 1
+# struct tcp_info: u8 tcpi_state at 0; u32 last_data_sent, last_ack_sent,
+# last_data_recv, last_ack_recv at 44, 48, 52, 56.
+_TCP_INFO = struct.Struct("B43xI4xII")
+
+_lock = threading.Lock()
+_last_second = -1
+
+
+def _idle(sock: socket.socket) -> bool:
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except OSError:
+        return False
+    state, sent, recv, ack = _TCP_INFO.unpack_from(info)
+    return state == _TCP_ESTABLISHED and min(sent, recv, ack) > IDLE_MS
+
+
+def relieve(queue: "EventQueue", report: Callable[[], None]) -> bool:
+    """Expire idle HTTP clients, at most once per wall-clock second (per
+    process); ``report`` logs the failure that starved us first.  False if
+    it was already done this second."""
+    global _last_second
+    now = int(time.time())
+    with _lock:
+        if now == _last_second:
+            return False
+        _last_second = now
+    report()
+    expired = 0
+    for client in list(queue.clients.values()):
+        if isinstance(client, HttpClient) and _idle(client.sock):
+            try:
+                # The client's own thread sees EOF, and closes it: that frees the fd.
+                client.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                continue
+            expired += 1
+    log.error(f"expired {expired} idle connections (>{IDLE_MS // 1000} sec)")
+    return True
