@@ -197,7 +197,8 @@ class MgmtClient:
     def _open_digest(self, pool: "IoPool | None") -> "Next | IoPool":
         cmd = self.cmd
         try:
-            self.file = self.svc.docroot.open(resolve_path(cmd.path), os.O_RDONLY)
+            # O_NONBLOCK: opening a FIFO must not hang a pool thread (regular files ignore it).
+            self.file = self.svc.docroot.open(resolve_path(cmd.path), os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return self._done(digest_reply(cmd.path, cmd.alg, None))
         self.hasher = _ALGS[cmd.alg]()

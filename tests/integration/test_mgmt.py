@@ -208,6 +208,15 @@ def test_client_half_close_still_answered(node: Daemon) -> None:
         assert read_all(s) == f"/dev1/a.fid 3\r\n/dev1/a.fid MD5={ABC_MD5}\r\n".encode()
 
 
+def test_fifo_does_not_hang(node: Daemon) -> None:
+    """Regression: a FIFO below devN blocked a pool thread in open() for good."""
+    os.mkfifo(node.docroot / "dev2" / "fifo")
+    with node.mgmt() as s:
+        s.sendall(b"MD5 /dev2/fifo\r\nsize /dev2/fifo\r\n")
+        assert read_lines(s, 2, timeout=3) == [b"/dev2/fifo MD5=d41d8cd98f00b204e9800998ecf8427e\r\n",
+                                               b"/dev2/fifo 0\r\n"]
+
+
 # -- paths stay inside the docroot ---------------------------------------------
 
 def test_double_slash_stays_inside_docroot(node: Daemon) -> None:
