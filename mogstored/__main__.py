@@ -35,6 +35,7 @@ def open_listeners(opts: Options) -> list[Listener]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, LIFECYCLE_SIGNALS)  # held until handled (see there)
     argv0 = program_name()
     try:
         opts = load_options(sys.argv[1:] if argv is None else argv, argv0, os.environ)
@@ -49,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.open_syslog()
     raise_nofile(opts.maxconns)
-    signal.pthread_sigmask(signal.SIG_BLOCK, LIFECYCLE_SIGNALS)  # until handled (server.LIFECYCLE_SIGNALS)
     try:
         bound = open_listeners(opts)
         pidfile = Pidfile.open(opts.pidfile) if opts.pidfile else None

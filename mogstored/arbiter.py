@@ -65,6 +65,8 @@ class Arbiter:
     def handle(self, sig: int) -> None:
         if sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
             self.quitting = True
+            for lst in self.listeners:  # no more respawns: new connections are refused
+                lst.sock.close()
         elif sig == signal.SIGUSR2 and not self.quitting:
             self.upgrade.start()
         # SIGCHLD: reaped right after; USR1, HUP, WINCH: no-ops, as in cmogstored

@@ -1,0 +1,252 @@
+"""Worker processes (§6.6) and graceful shutdown (§6.5), with real processes and signals."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from conftest import HOST, Daemon, read_all, read_until
+
+IOSTAT = {"MOG_IOSTAT_CMD": "sleep 86400"}
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def usage_ok(d: Daemon) -> bool:
+    with d.conn() as c:
+        return c.request(b"GET /dev1/usage HTTP/1.0\r\n\r\n").status == 200
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Iterator[tuple[Daemon, list[int]]]:
+    """A node with two workers and a pidfile; yields it with the worker PIDs."""
+    d = Daemon(tmp_path, args=("--worker-processes=2", f"--pidfile={tmp_path / 'pid'}"), env=IOSTAT)
+    wait_for(lambda: len(children(d.pid)) == 2, what="2 workers")
+    workers = children(d.pid)
+    yield d, workers
+    if d.proc.poll() is None:
+        d.stop()
+    for pid in workers + children(d.pid):
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_master_forks_exactly_n_workers_and_serves_nothing(master: tuple[Daemon, list[int]], tmp_path: Path) -> None:
+    d, workers = master
+    assert (tmp_path / "pid").read_text() == f"{d.pid}\n"
+    assert (d.docroot / "dev1" / "usage").exists()
+    wait_for(lambda: all(len(children(w)) == 1 for w in workers), what="each worker's iostat")
+    assert children(d.pid) == workers  # iostat children belong to the workers
+    listening_fds = {os.readlink(f"/proc/{d.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{d.pid}/fd")}
+    assert any(t.startswith("socket:") for t in listening_fds)  # holds the listeners for respawns
+    assert usage_ok(d)
+    assert d.mgmt_cmd(b"\r\n") == b"\r\n"
+
+
+def test_worker_killed_is_respawned(master: tuple[Daemon, list[int]]) -> None:
+    d, workers = master
+    os.kill(workers[0], signal.SIGKILL)
+    wait_for(lambda: not alive(workers[0]), 2, "the dead worker to be reaped")
+    wait_for(lambda: len(children(d.pid)) == 2 and workers[0] not in children(d.pid), what="a new worker")
+    assert workers[1] in children(d.pid)
+    assert f"worker[0] PID:{workers[0]} died with status=9, respawning" in d.stderr()
+    assert usage_ok(d)
+
+
+def test_worker_quit_exits_zero_and_is_respawned(master: tuple[Daemon, list[int]]) -> None:
+    d, workers = master
+    os.kill(workers[1], signal.SIGQUIT)
+    wait_for(lambda: workers[1] not in children(d.pid) and len(children(d.pid)) == 2, what="a new worker")
+    assert f"worker[1] PID:{workers[1]} died with status=0, respawning" in d.stderr()
+
+
+def test_usr2_to_a_worker_is_ignored(master: tuple[Daemon, list[int]], tmp_path: Path) -> None:
+    d, workers = master
+    os.kill(workers[0], signal.SIGUSR2)
+    time.sleep(0.5)
+    assert children(d.pid) == workers
+    assert not (tmp_path / "pid.oldbin").exists()
+    assert usage_ok(d)
+
+
+@pytest.mark.parametrize("how", ["QUIT", "TERM", "INT", "shutdown"])
+def test_stop_master_stops_every_worker(master: tuple[Daemon, list[int]], tmp_path: Path, how: str) -> None:
+    d, workers = master
+    if how == "shutdown":  # received by one worker, passed on to the master
+        d.mgmt_cmd(b"shutdown\r\n")
+    else:
+        d.proc.send_signal(getattr(signal, f"SIG{how}"))
+    assert d.proc.wait(10) == 0
+    assert not any(alive(w) for w in workers)
+    assert not (tmp_path / "pid").exists()
+    assert refused(d.http_port)
+
+
+def test_orphaned_workers_exit(master: tuple[Daemon, list[int]]) -> None:
+    d, workers = master
+    d.proc.kill()
+    d.proc.wait()
+    for w in workers:
+        wait_for(lambda: not alive(w), 5, f"orphan {w} to exit")
+    assert f"parent={d.pid} abandoned us, dying" in d.stderr()
+
+
+def quit_blocked(pid: int) -> bool:
+    """SIGQUIT is in the main thread's blocked mask: our start-up code runs."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGQUIT - 1)))
+    return False
+
+
+def test_signal_during_start_up_takes_effect(tmp_path: Path) -> None:
+    """§9: QUIT while starting is held back, then honoured once serving."""
+    d = Daemon(tmp_path, env=IOSTAT, wait=False)
+    deadline = time.monotonic() + 10
+    while not quit_blocked(d.pid):  # a tight loop: start-up lasts only tens of ms
+        assert time.monotonic() < deadline, "start-up never began"
+    d.proc.send_signal(signal.SIGQUIT)
+    assert d.proc.wait(10) == 0
+    d.kill()
+
+
+# -- graceful shutdown: everything in flight completes (§6.5) --------------------------
+
+@pytest.fixture(params=[0, 2], ids=["single", "workers"])
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
+    args = (f"--pidfile={tmp_path / 'pid'}",)
+    if request.param:
+        args += (f"--worker-processes={request.param}",)
+    d = Daemon(tmp_path, args=args, env=IOSTAT)
+    if request.param:
+        wait_for(lambda: len(children(d.pid)) == request.param, what="workers")
+    yield d
+    pids = children(d.pid)
+    d.kill()
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def serving_pid(d: Daemon, sock: socket.socket) -> int:
+    """The process holding our connection's server side: the node itself or a worker."""
+    port = sock.getsockname()[1]
+    for pid in [d.pid, *children(d.pid)]:
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"dport = :{port}"],
+                             capture_output=True, text=True).stdout
+        if f"pid={pid}," in out:
+            return pid
+    raise AssertionError("connection not found")
+
+
+def quit_and_check_stopping(d: Daemon, held: socket.socket) -> int:
+    """SIGQUIT the node; the process serving ``held`` shows the shutdown title and
+    the listeners refuse new connections while ``held`` is still being served."""
+    pid = serving_pid(d, held)
+    d.proc.send_signal(signal.SIGQUIT)
+    wait_for(lambda: "shutting down" in cmdline(pid), 2, "the shutdown title")
+    wait_for(lambda: refused(d.http_port) and refused(d.mgmt_port), 2, "listeners closed")
+    return pid
+
+
+def assert_clean_exit(d: Daemon) -> None:
+    assert d.proc.wait(15) == 0
+    assert not (d.root / "pid").exists()
+
+
+def test_quit_during_large_get_completes_it(node: Daemon) -> None:
+    data = os.urandom(1 << 20) * 64  # 64 MiB: far more than the socket buffers hold
+    (node.docroot / "dev1" / "big.fid").write_bytes(data)
+    with node.conn() as idle, node.conn() as c:
+        assert idle.request(b"GET /dev1/usage HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send(b"GET /dev1/big.fid HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_until(c.sock, b"\r\n\r\n")  # the body is under way
+        time.sleep(0.2)
+        quit_and_check_stopping(node, c.sock)
+        assert idle.at_eof(5)  # idle between requests: closed at once
+        c.buf = b""
+        rest = read_all(c.sock, timeout=30)
+        body = rest[rest.index(b"\r\n\r\n") + 4:] if b"\r\n\r\n" in rest else rest
+    assert len(body) <= len(data) and data.endswith(body) and len(body) > len(data) // 2
+    assert_clean_exit(node)
+
+
+def test_quit_during_put_body_and_pipelined_requests(node: Daemon) -> None:
+    body = os.urandom(8 << 20)
+    with node.conn() as partial, node.conn() as c:
+        c.send(b"PUT /dev1/up.fid HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:4096])
+        partial.send(b"GET /dev1/usage HTTP/1.1\r\nHo")  # a partial request head
+        time.sleep(0.2)
+        quit_and_check_stopping(node, c.sock)
+        c.send(body[4096:])
+        assert c.response().status == 201
+        assert c.at_eof(10)
+        # the head completed, and a request pipelined behind it in the same segment
+        partial.send(b"st: x\r\n\r\nHEAD /dev1/up.fid HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert partial.response().status == 200
+        head = partial.response(head_only=True)
+        assert head.status == 200 and head.header("Content-Length") == str(len(body)).encode()
+        assert partial.at_eof(10)
+    assert (node.docroot / "dev1" / "up.fid").read_bytes() == body
+    assert_clean_exit(node)
+
+
+def test_quit_during_digest_and_watch(node: Daemon) -> None:
+    data = os.urandom(1 << 20) * 150
+    (node.docroot / "dev2" / "big.fid").write_bytes(data)
+    with node.mgmt() as watcher, node.mgmt() as s:
+        watcher.sendall(b"watch\r\n")
+        time.sleep(0.1)
+        s.sendall(b"MD5 /dev2/big.fid\r\n")
+        time.sleep(0.1)
+        quit_and_check_stopping(node, s)
+        assert read_all(s, timeout=30) == f"/dev2/big.fid MD5={hashlib.md5(data).hexdigest()}\r\n".encode()
+        read_all(watcher, timeout=10)  # watchers are disconnected
+    assert_clean_exit(node)
+
+
+def test_quit_with_only_idle_clients_is_immediate(node: Daemon) -> None:
+    with node.conn() as c:
+        assert c.request(b"GET /dev1/usage HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
+        node.proc.send_signal(signal.SIGQUIT)
+        assert c.at_eof(5)
+    assert_clean_exit(node)
