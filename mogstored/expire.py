@@ -33,13 +33,24 @@ _lock = threading.Lock()
 _last_second = -1
 
 
-def _idle(sock: socket.socket) -> bool:
+def _tcp_info(sock: socket.socket) -> tuple[int, int, int, int] | None:
+    """(state, ms since data sent, since data received, since an ACK received)."""
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+        return _TCP_INFO.unpack_from(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size))
     except OSError:
-        return False
-    state, sent, recv, ack = _TCP_INFO.unpack_from(info)
-    return state == _TCP_ESTABLISHED and min(sent, recv, ack) > IDLE_MS
+        return None
+
+
+def _idle(sock: socket.socket) -> bool:
+    info = _tcp_info(sock)
+    return info is not None and info[0] == _TCP_ESTABLISHED and min(info[1:]) > IDLE_MS
+
+
+def heard_within(sock: socket.socket, ms: int) -> bool:
+    """Data arrived less than ``ms`` ago; for a connection that never sent
+    any, it was established less than ``ms`` ago."""
+    info = _tcp_info(sock)
+    return info is not None and info[2] < ms
 
 
 def relieve(queue: "EventQueue", report: Callable[[], None]) -> bool:

@@ -155,12 +155,12 @@ class HttpClient:
                 return self._dispatch(req)
             if self.eof:
                 return Next.CLOSE
-            if self.svc.server.quitting and self.pos >= len(self.inbuf):
-                return Next.CLOSE
             try:
                 data = self.sock.recv(MAX_HEAD + 1 - (len(self.inbuf) - self.pos))
             except BlockingIOError:
-                return Next.READ
+                # Shutting down: closed only once nothing at all has arrived (a
+                # request already sent is answered, not reset by the close).
+                return Next.CLOSE if self.svc.server.quitting and self.pos >= len(self.inbuf) else Next.READ
             except OSError:
                 return Next.CLOSE
             if not data:

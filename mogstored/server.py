@@ -16,6 +16,7 @@ from . import log
 from .cli import Service
 from .core import Acceptor, Client, EventQueue, install_kick_handler
 from .devices import read_mounts
+from .expire import heard_within
 from .fsck import FsckQueues
 from .http import HttpClient
 from .iostat import DEFAULT_COMMAND, IostatRunner, map_utilisation
@@ -33,6 +34,9 @@ SHUTDOWN_TITLE = "mogstored, shutting down"
 LIFECYCLE_SIGNALS = frozenset({signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
                                signal.SIGCHLD, signal.SIGHUP, signal.SIGWINCH})
 PARENT_CHECK_INTERVAL = 1.0  # a worker notices an exited master this soon
+# An idle client heard from this recently is left a moment longer when shutting
+# down: a request sent on a connection just accepted is answered, not cut off.
+SHUTDOWN_GRACE_MS = 100
 
 
 def usage_interval(environ: dict[str, str] | os._Environ = os.environ) -> int:
@@ -204,6 +208,8 @@ class Server:
             ctx.watchers.disconnect_all()
         while self.queue.clients:
             for client in self.queue.idle_clients():
+                if heard_within(client.sock, SHUTDOWN_GRACE_MS):
+                    continue  # its request may be in flight (a connection just made)
                 try:
                     client.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
