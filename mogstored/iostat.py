@@ -7,8 +7,10 @@ from the pipe; every completed report is one `watch` broadcast.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -20,6 +22,14 @@ from .devices import Mount
 DEFAULT_COMMAND = "iostat -dx 1 30"
 RETRY_DELAY = 10.0
 MIN_RUN = 1.0  # a command that exits 0 at once is not restarted in a tight loop
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when our parent dies, even by SIGKILL, so no
+    iostat is ever left orphaned (the Perl mogstored leaves them)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 # Device name, blanks, [anything ending in a blank], last field of [0-9.], blanks.
 # Unlike cmogstored 1.2.1 the name may contain "-" and "_" (dm-0, `iostat -N` names such
@@ -126,7 +136,7 @@ class IostatRunner:
                 # Its own session: a terminal's ^C is for us; we stop iostat ourselves.
                 proc = subprocess.Popen(["/bin/sh", "-c", f"exec {self.command}"], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, env=env, close_fds=True,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
             except OSError as e:
                 log.error(f"iostat(1) not available/running: {e.strerror}")
                 self._stop.wait(RETRY_DELAY)
