@@ -2,8 +2,10 @@
 fsck queue, devices added at run time, usage kept in memory."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import signal
 import socket
 import stat
 import threading
@@ -44,44 +46,43 @@ def get_status(d: Daemon, path: str, timeout: float = 30.0) -> int:
 
 
 class BlockedOpens:
-    """GETs stuck in ``open()`` of FIFOs on one device: a real blocking
-    file-system call that occupies one pool thread each until released."""
+    """Content-Range PUTs stuck in ``open(O_RDWR)`` of files we hold a read
+    lease on (F_SETLEASE): a real blocking file-system call, one pool thread
+    each, until we let go of the leases (the kernel would give up after
+    /proc/sys/fs/lease-break-time, 45 s by default)."""
 
     def __init__(self, d: Daemon, dev: int, n: int) -> None:
-        self.fifos = []
+        self._old_sigio = signal.signal(signal.SIGIO, signal.SIG_IGN)  # lease-break notices
+        self.leases = []
         for i in range(n):
-            fifo = d.docroot / f"dev{dev}" / f"fifo{i}"
-            os.mkfifo(fifo)
-            self.fifos.append(fifo)
+            path = d.docroot / f"dev{dev}" / f"leased{i}"
+            path.write_bytes(b"old")
+            fd = os.open(path, os.O_RDONLY)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            self.leases.append(fd)
         self.results: list[int] = []
-        self.threads = [threading.Thread(target=self._get, args=(d, f"/dev{dev}/fifo{i}")) for i in range(n)]
+        self.threads = [threading.Thread(target=self._put, args=(d, f"/dev{dev}/leased{i}")) for i in range(n)]
         for t in self.threads:
             t.start()
 
-    def _get(self, d: Daemon, path: str) -> None:
-        self.results.append(get_status(d, path))
+    def _put(self, d: Daemon, path: str) -> None:
+        r = requests.put(d.url(path), data=b"new", headers={"Content-Range": "bytes 0-2/*"}, timeout=60)
+        self.results.append(r.status_code)
 
     def release(self) -> None:
-        # Opening the write side completes the server's open(O_RDONLY).
-        writers = []
-        for fifo in self.fifos:
-            writers.append(wait_for(lambda fifo=fifo: self._try_open(fifo)))
+        for fd in self.leases:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            os.close(fd)
         for t in self.threads:
             t.join(30)
-        for fd in writers:
-            os.close(fd)
-
-    @staticmethod
-    def _try_open(fifo: Path) -> int | None:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: the server's reader is not there yet
-            return None
+        signal.signal(signal.SIGIO, self._old_sigio)
 
 
 def test_saturated_device_does_not_slow_another(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
+    blocked = None
     try:
+        settle(d)
         (d.docroot / "dev1" / "small").write_bytes(b"x" * 4096)
         (d.docroot / "dev2" / "queued").write_bytes(b"q")
         baseline = [_timed_get(d, "/dev1/small") for _ in range(20)]
@@ -94,15 +95,19 @@ def test_saturated_device_does_not_slow_another(tmp_path: Path) -> None:
         during = [_timed_get(d, "/dev1/small") for _ in range(50)]
         time.sleep(0.3)
         assert not queued, "dev2 should have no free thread while its opens block"
+        assert not blocked.results
         assert max(during) < 1.0, during  # generous: dev1 does not wait for dev2
         print(f"\ndev1 GET latency: idle median {sorted(baseline)[10] * 1e3:.2f} ms; "
               f"dev2 saturated median {sorted(during)[25] * 1e3:.2f} ms, max {max(during) * 1e3:.2f} ms")
 
         blocked.release()
+        blocked = None
         waiter.join(30)
         assert queued == [200]  # parked, not failed: served once dev2 has a thread again
-        assert sorted(blocked.results) == [403] * POOL  # FIFOs are not regular files
+        assert (d.docroot / "dev2" / "leased0").read_bytes() == b"new"
     finally:
+        if blocked is not None:
+            blocked.release()
         d.kill()
 
 
@@ -157,35 +162,27 @@ def _send(d: Daemon, line: bytes) -> socket.socket:
     return s
 
 
-def _no_answer(s: socket.socket, wait: float = 0.5) -> bool:
-    s.settimeout(wait)
-    try:
-        return s.recv(100) == b""
-    except socket.timeout:
-        return True
-
-
 def test_fsck_digests_run_one_at_a_time_per_filesystem(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     try:
-        data = os.urandom(1 << 20)
-        (d.docroot / "dev2" / "f").write_bytes(data)
-        fifo = d.docroot / "dev1" / "fifo"
-        os.mkfifo(fifo)
-        first = _send(d, b"MD5 /dev1/fifo fsck\r\n")
-        writer = open(fifo, "wb")  # completes the server's open; its read now waits for us
-        time.sleep(0.3)
-        second = _send(d, b"MD5 /dev2/f fsck\r\n")  # dev2 shares dev1's filesystem
-        assert _no_answer(second), "a second fsck on the filesystem must wait its turn"
-        # Ordinary digests and requests are not held up by the fsck queue.
-        assert d.mgmt_cmd(b"MD5 /dev2/f\r\n") == f"/dev2/f MD5={hashlib.md5(data).hexdigest()}\r\n".encode()
-        assert d.mgmt_cmd(b"size /dev2/f\r\n") == f"/dev2/f {len(data)}\r\n".encode()
-        writer.write(b"abc")
-        writer.close()
-        assert read_until(first, b"\r\n") == b"/dev1/fifo MD5=900150983cd24fb0d6963f7d28e17f72\r\n"
-        assert read_until(second, b"\r\n") == f"/dev2/f MD5={hashlib.md5(data).hexdigest()}\r\n".encode()
-        first.close()
-        second.close()
+        settle(d)
+        big = os.urandom(1 << 20) * 128  # long enough to hash that order tells
+        (d.docroot / "dev1" / "big").write_bytes(big)
+        (d.docroot / "dev2" / "small").write_bytes(b"abc")  # dev2 shares dev1's filesystem
+        first = _send(d, b"MD5 /dev1/big fsck\r\n")
+        time.sleep(0.05)
+        second = _send(d, b"MD5 /dev2/small fsck\r\n")
+        ordinary = _send(d, b"MD5 /dev2/small\r\n")
+        arrivals = []
+        for name, sock, want in (("ordinary", ordinary, b"/dev2/small MD5=900150983cd24fb0d6963f7d28e17f72\r\n"),
+                                 ("first", first, f"/dev1/big MD5={hashlib.md5(big).hexdigest()}\r\n".encode()),
+                                 ("second", second, b"/dev2/small MD5=900150983cd24fb0d6963f7d28e17f72\r\n")):
+            assert read_until(sock, b"\r\n", timeout=60) == want
+            arrivals.append((time.monotonic(), name))
+            sock.close()
+        # Had the small fsck run beside the big one, it would have been done long
+        # before; it waits its turn, while the ordinary digest is not held up.
+        assert [name for _, name in sorted(arrivals)] == ["ordinary", "first", "second"]
     finally:
         d.kill()
 
@@ -194,15 +191,10 @@ def test_fsck_slot_released_when_client_leaves(tmp_path: Path) -> None:
     """A tracker that disconnects mid-fsck must not wedge the queue."""
     d = Daemon(tmp_path)
     try:
+        settle(d)
+        (d.docroot / "dev1" / "big").write_bytes(os.urandom(1 << 20) * 64)
         (d.docroot / "dev1" / "f").write_bytes(b"abc")
-        fifo = d.docroot / "dev1" / "fifo"
-        os.mkfifo(fifo)
-        first = _send(d, b"SHA-1 /dev1/fifo fsck\r\n")
-        writer = open(fifo, "wb")
-        time.sleep(0.2)
-        first.close()
-        writer.write(b"x")
-        writer.close()  # the server finishes the digest, finds the peer gone
+        _send(d, b"SHA-1 /dev1/big fsck\r\n").close()
         assert d.mgmt_cmd(b"MD5 /dev1/f fsck\r\n") == b"/dev1/f MD5=900150983cd24fb0d6963f7d28e17f72\r\n"
     finally:
         d.kill()
