@@ -147,7 +147,7 @@ class HttpClient:
     def _read_head(self, pool: "IoPool | None") -> "Next | IoPool":
         while True:
             try:
-                parsed = parse_head(self.inbuf, self.pos)
+                parsed = parse_head(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
             except HttpError as e:
                 return self._fail(e.status)
             if parsed is not None:
