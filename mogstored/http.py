@@ -290,14 +290,17 @@ class HttpClient:
         req = self.req
         docroot = self.svc.docroot
         try:
-            try:
-                self.file = docroot.open(self.rel, _GET_FLAGS | _noatime)
-            except OSError as e:
-                if not _noatime or e.errno in (errno.ENOENT, errno.ELOOP):
-                    raise
-                _noatime = 0  # files owned by others: EPERM with O_NOATIME
-                self.file = docroot.open(self.rel, _GET_FLAGS)
-            st = os.fstat(self.file)
+            if req.method == "HEAD":
+                st = docroot.stat(self.rel)  # needs no read permission (§3.5)
+            else:
+                try:
+                    self.file = docroot.open(self.rel, _GET_FLAGS | _noatime)
+                except OSError as e:
+                    if not _noatime or e.errno in (errno.ENOENT, errno.ELOOP):
+                        raise
+                    _noatime = 0  # files owned by others: EPERM with O_NOATIME
+                    self.file = docroot.open(self.rel, _GET_FLAGS)
+                st = os.fstat(self.file)
         except OSError as e:
             return self._respond(error_head(_open_status(e.errno), req.keepalive))
         if not stat.S_ISREG(st.st_mode):
