@@ -14,7 +14,6 @@ import os
 import socket
 import stat
 import struct
-import threading
 from typing import TYPE_CHECKING, Callable
 
 from . import log
@@ -30,6 +29,7 @@ from .http_parser import (
     resolve_range,
 )
 from .http_response import error_head, file_head, root_head
+from .ioq import thread_buffer
 
 if TYPE_CHECKING:
     from .ioq import IoPool
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 Step = Callable[["IoPool | None"], "Next | IoPool"]
 
-BODY_BUFFER = 1 << 20  # reused per I/O thread for PUT bodies
 SENDFILE_CHUNK = 1 << 22
 SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
 FADVISE_MIN = 256 << 10
@@ -55,14 +54,6 @@ _LAST_DATA_RECV = 52  # offset of tcpi_last_data_recv in struct tcp_info
 _noatime = os.O_NOATIME
 # O_NONBLOCK: a FIFO below devN must not block an I/O thread in open() (it is then 403).
 _GET_FLAGS = os.O_RDONLY | os.O_NONBLOCK
-_local = threading.local()
-
-
-def _body_buffer() -> memoryview:
-    buf = getattr(_local, "buf", None)
-    if buf is None:
-        buf = _local.buf = memoryview(bytearray(BODY_BUFFER))
-    return buf
 
 
 def _open_status(err: int) -> int:
@@ -399,7 +390,7 @@ class HttpClient:
                 if self.pos >= len(self.inbuf):
                     self.inbuf.clear()
                     self.pos = 0
-            buf = _body_buffer()
+            buf = thread_buffer()
             while not self._body_done():
                 want = len(buf) if self.chunks is not None else min(len(buf), self.remaining)
                 try:

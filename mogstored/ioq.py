@@ -18,9 +18,22 @@ from .core import Next
 if TYPE_CHECKING:
     from .core import Client, EventQueue
 
+BUFFER_SIZE = 1 << 20
 DEFAULT_THREADS = 10  # per device, like Perlbal's per-device AIO channels
 SHARED_THREADS = 4  # paths outside any device (/, /foo, sidechannel misc)
 MAX_THREADS = 100
+
+
+_local = threading.local()
+
+
+def thread_buffer() -> memoryview:
+    """This pool thread's 1 MiB buffer, reused for every PUT body and digest it
+    runs (a step never keeps it past its return)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(BUFFER_SIZE))
+    return buf
 
 
 class Task:

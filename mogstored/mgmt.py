@@ -10,12 +10,12 @@ import hashlib
 import os
 import socket
 import struct
-import threading
 from typing import TYPE_CHECKING, Callable
 
 from . import log
 from .core import Next
 from .fsck import low_io_priority
+from .ioq import thread_buffer
 from .mgmt_parser import (
     BAD_PATH_REPLY,
     BLANK_REPLY,
@@ -43,17 +43,8 @@ if TYPE_CHECKING:
 
 Step = Callable[["IoPool | None"], "Next | IoPool"]
 
-DIGEST_BUFFER = 1 << 20
 DIGEST_SLICE = 8 << 20  # bytes hashed per scheduling step before yielding
 _ALGS = {"MD5": hashlib.md5, "SHA-1": hashlib.sha1}
-_local = threading.local()
-
-
-def _digest_buffer() -> memoryview:
-    buf = getattr(_local, "buf", None)
-    if buf is None:
-        buf = _local.buf = memoryview(bytearray(DIGEST_BUFFER))
-    return buf
 
 
 class MgmtClient:
@@ -230,7 +221,7 @@ class MgmtClient:
         return self._hash_slice()
 
     def _hash_slice(self) -> Next:
-        buf = _digest_buffer()
+        buf = thread_buffer()
         update = self.hasher.update
         done = 0
         while done < DIGEST_SLICE:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import HOST, Daemon, free_port, wait_port
+from conftest import HOST, Daemon, free_port
 
 PROG = [sys.executable, "-m", "mogstored"]
 
