@@ -33,7 +33,20 @@ class LoadBoard:
     def withdraw(self, index: int) -> None:
         _SLOT.pack_into(self._mem, _SLOT.size * index, ABSENT)
 
-    def least_other(self) -> int:
-        """The fewest connections any other accepting worker holds (ABSENT: none)."""
-        return min((_SLOT.unpack_from(self._mem, _SLOT.size * i)[0] for i in range(self.nworkers) if i != self.index),
-                   default=ABSENT)
+    def least_other(self, unresponsive: dict[int, int]) -> tuple[int, int]:
+        """(index, count) of the other accepting worker holding the fewest
+        connections; (-1, ABSENT) if none.  ``unresponsive`` maps a worker to
+        the count it held when it let a turn pass untaken (stopped, hung): it
+        is skipped until that count moves, and forgotten then."""
+        best = (-1, ABSENT)
+        for i in range(self.nworkers):
+            if i == self.index:
+                continue
+            count = _SLOT.unpack_from(self._mem, _SLOT.size * i)[0]
+            if i in unresponsive:
+                if unresponsive[i] == count:
+                    continue
+                del unresponsive[i]
+            if count < best[1]:
+                best = (i, count)
+        return best

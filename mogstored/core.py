@@ -232,6 +232,7 @@ class Acceptor:
         self.make_client = make_client
         self.on_error = on_error
         self.running = True
+        self._unresponsive: dict[int, int] = {}  # see LoadBoard.least_other
         self.threads = [
             threading.Thread(target=self._loop, name="accept", daemon=True) for _ in range(nthreads)
         ]
@@ -272,7 +273,12 @@ class Acceptor:
         while self.running:
             mine = len(self.queue.clients)
             board.publish(mine)
-            if mine <= board.least_other() + self.SLACK or time.monotonic() >= deadline:
+            other, least = board.least_other(self._unresponsive)
+            if mine <= least + self.SLACK:
+                return
+            if time.monotonic() >= deadline:
+                # It did not take the turn: stop waiting for it until it accepts again.
+                self._unresponsive[other] = least
                 return
             time.sleep(self.TURN_WAIT)
 
