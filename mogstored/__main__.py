@@ -2,15 +2,18 @@
 pidfile write, first usage pass, threads; then serve until a graceful stop."""
 from __future__ import annotations
 
-import os
-import signal
-import sys
+from . import signals
+
+signals.hold()  # before the imports below, which take most of start-up
+
+import os  # noqa: E402
+import sys  # noqa: E402
 
 from . import listeners, log
 from .arbiter import Arbiter, first_usage_pass
 from .cli import EarlyExit, Options, StartupError, UsageError, load_options
 from .daemon import Pidfile, daemonize, raise_nofile
-from .server import LIFECYCLE_SIGNALS, Listener, Server
+from .server import Listener, Server
 from .upgrade import Upgrade
 
 
@@ -35,7 +38,7 @@ def open_listeners(opts: Options) -> list[Listener]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.pthread_sigmask(signal.SIG_BLOCK, LIFECYCLE_SIGNALS)  # held until handled (see there)
+    signals.hold()  # also when main() is called without running this module
     argv0 = program_name()
     try:
         opts = load_options(sys.argv[1:] if argv is None else argv, argv0, os.environ)

@@ -20,7 +20,8 @@ from . import log
 from .board import LoadBoard
 from .cli import Service
 from .core import Acceptor
-from .server import LIFECYCLE_SIGNALS, Listener, Server
+from .server import Listener, Server
+from .signals import LIFECYCLE_SIGNALS
 from .service import ServiceContext
 from .upgrade import Upgrade
 

@@ -23,16 +23,12 @@ from .iostat import DEFAULT_COMMAND, IostatRunner, map_utilisation
 from .ioq import MAX_THREADS, IoQueues
 from .mgmt import MgmtClient
 from .service import ServiceContext
+from .signals import LIFECYCLE_SIGNALS
 
 if TYPE_CHECKING:
     from .upgrade import Upgrade
 
 SHUTDOWN_TITLE = "mogstored, shutting down"
-# Blocked from the start of main() until the process's handlers are in place
-# (a worker: until it has its own), so a signal received during start-up takes
-# effect once serving instead of killing a half-started process (§9).
-LIFECYCLE_SIGNALS = frozenset({signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
-                               signal.SIGCHLD, signal.SIGHUP, signal.SIGWINCH})
 PARENT_CHECK_INTERVAL = 1.0  # a worker notices an exited master this soon
 # An idle client heard from this recently is left a moment longer when shutting
 # down: a request sent on a connection just accepted is answered, not cut off.
