@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from . import log
+from .expire import STARVED, relieve
 
 if TYPE_CHECKING:
     from .board import LoadBoard
@@ -285,8 +286,6 @@ class Acceptor:
     def _starved(self, e: OSError) -> None:
         """Out of descriptors (§3.10): expire idle clients and retry soon; the
         log and the scan happen at most once a second."""
-        from .expire import STARVED, relieve  # expire needs http, which imports this module
-
         if e.errno not in STARVED:
             self.on_error(e)
             return

@@ -14,14 +14,14 @@ import socket
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from . import log
-from .http import HttpClient
 
 if TYPE_CHECKING:
     from .core import EventQueue
 
+T = TypeVar("T")
 STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 IDLE_MS = 5000
 _TCP_ESTABLISHED = 1
@@ -66,7 +66,7 @@ def relieve(queue: "EventQueue", report: Callable[[], None]) -> bool:
     report()
     expired = 0
     for client in list(queue.clients.values()):
-        if isinstance(client, HttpClient) and _idle(client.sock):
+        if getattr(client, "expirable", False) and _idle(client.sock):
             try:
                 # The client's own thread sees EOF, and closes it: that frees the fd.
                 client.sock.shutdown(socket.SHUT_RDWR)
@@ -75,3 +75,20 @@ def relieve(queue: "EventQueue", report: Callable[[], None]) -> bool:
             expired += 1
     log.error(f"expired {expired} idle connections (>{IDLE_MS // 1000} sec)")
     return True
+
+
+OPEN_RETRY_PAUSE = 0.05  # expired clients' threads need a moment to close their fds
+
+
+def retry_starved(queue: "EventQueue", fn: Callable[[], T]) -> T:
+    """``fn()`` (a file open), retried once after expiring idle clients if it
+    ran out of descriptors; a second failure is the caller's (500)."""
+    try:
+        return fn()
+    except OSError as e:
+        if e.errno not in STARVED:
+            raise
+        message = f"open() failed with: {e.strerror}"
+        relieve(queue, lambda: log.error(message))
+        time.sleep(OPEN_RETRY_PAUSE)
+        return fn()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import log
 from .core import Next
+from .expire import retry_starved
 from .http_parser import (
     MAX_HEAD,
     ChunkedDecoder,
@@ -91,6 +92,8 @@ def _refuse_symlink(dirfd: int, name: str) -> None:
 
 class HttpClient:
     """A client of an HTTP (or GET-only) listener."""
+
+    expirable = True  # idle ones are shut down when descriptors run out (expire.py)
 
     __slots__ = (
         "sock", "fd", "svc", "get_only", "inbuf", "pos", "out", "eof", "_state", "req",
@@ -277,20 +280,13 @@ class HttpClient:
 
     # -- GET and HEAD (device pool) ------------------------------------
     def _open_get(self, pool: "IoPool | None") -> "Next | IoPool":
-        global _noatime
         req = self.req
         docroot = self.svc.docroot
         try:
             if req.method == "HEAD":
-                st = docroot.stat(self.rel)  # needs no read permission (§3.5)
+                st = retry_starved(self.svc.server.queue, lambda: docroot.stat(self.rel))  # no read permission needed (§3.5)
             else:
-                try:
-                    self.file = docroot.open(self.rel, _GET_FLAGS | _noatime)
-                except OSError as e:
-                    if not _noatime or e.errno in (errno.ENOENT, errno.ELOOP):
-                        raise
-                    _noatime = 0  # files owned by others: EPERM with O_NOATIME
-                    self.file = docroot.open(self.rel, _GET_FLAGS)
+                self.file = retry_starved(self.svc.server.queue, self._open_for_get)
                 st = os.fstat(self.file)
         except OSError as e:
             return self._respond(error_head(_open_status(e.errno), req.keepalive))
@@ -311,6 +307,16 @@ class HttpClient:
         self.remaining = length
         self._state = self._send_file
         return self._send_file(pool)
+
+    def _open_for_get(self) -> int:
+        global _noatime
+        try:
+            return self.svc.docroot.open(self.rel, _GET_FLAGS | _noatime)
+        except OSError as e:
+            if not _noatime or e.errno in (errno.ENOENT, errno.ELOOP, errno.EMFILE, errno.ENFILE):
+                raise
+            _noatime = 0  # files owned by others: EPERM with O_NOATIME
+            return self.svc.docroot.open(self.rel, _GET_FLAGS)
 
     def _send_file(self, pool: "IoPool | None") -> "Next | IoPool":
         if self.out is not None and not self._flush(more=True):
@@ -340,12 +346,7 @@ class HttpClient:
         req = self.req
         docroot = self.svc.docroot
         try:
-            try:
-                self._create(docroot)
-            except FileNotFoundError:
-                self._release_file()  # a directory vanishing under us must not leak dirfd
-                docroot.makedirs(self.rel.rpartition("/")[0])
-                self._create(docroot)
+            retry_starved(self.svc.server.queue, lambda: self._create_with_parents(docroot))
         except OSError as e:
             log.error(f"problem starting PUT for path={req.path} ({e.strerror})")
             return self._fail(_put_status(e.errno))
@@ -360,6 +361,14 @@ class HttpClient:
             self.remaining = req.content_length or 0
         self._state = self._put_body
         return self._put_body(pool)
+
+    def _create_with_parents(self, docroot) -> None:
+        try:
+            self._create(docroot)
+        except FileNotFoundError:
+            self._release_file()  # a directory vanishing under us must not leak dirfd
+            docroot.makedirs(self.rel.rpartition("/")[0])
+            self._create(docroot)
 
     def _create(self, docroot) -> None:
         self.dirfd, name = docroot.open_parent(self.rel)

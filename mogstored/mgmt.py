@@ -50,6 +50,8 @@ _ALGS = {"MD5": hashlib.md5, "SHA-1": hashlib.sha1}
 class MgmtClient:
     """A client of the sidechannel listener."""
 
+    expirable = False  # trackers' sidechannel connections are never expired (§3.10)
+
     __slots__ = ("sock", "fd", "svc", "lines", "out", "eof", "_state", "cmd", "pool", "file", "hasher", "offset",
                  "fsck_dev")
 

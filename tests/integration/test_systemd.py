@@ -4,14 +4,12 @@ from __future__ import annotations
 import configparser
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from conftest import HOST, free_port, read_all, wait_port
 from test_process import IOSTAT, alive, children, wait_for
@@ -35,7 +33,6 @@ def test_units_hand_the_configured_sockets_over() -> None:
     assert listens == ["ListenStream=0.0.0.0:7501", "ListenStream=0.0.0.0:7500"]  # the default ports
 
 
-@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate")
 def test_socket_activated_node_serves_on_inherited_sockets(tmp_path: Path) -> None:
     """The service's ExecStart, run the way systemd runs it with the socket
     unit's sockets (loopback and free ports instead of the defaults)."""
