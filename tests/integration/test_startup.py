@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import HOST, Daemon, free_port
+from conftest import HOST, Daemon, free_port, read_until, wait_port
 
 PROG = [sys.executable, "-m", "mogstored"]
 
@@ -171,3 +171,30 @@ def test_signal_during_start_up_takes_effect(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_multi_serves_one_service_per_config(tmp_path: Path) -> None:
+    """--multi: each config file is its own docroot with its own listeners,
+    in one process (§1.2.4); one file in the Perl format, one in YAML."""
+    ports = {name: (free_port(), free_port()) for name in ("a", "b")}
+    for name, dev in (("a", 1), ("b", 5)):
+        (tmp_path / name / f"dev{dev}").mkdir(parents=True)
+    (tmp_path / "a.conf").write_text(
+        f"docroot = {tmp_path / 'a'}\nhttplisten = {HOST}:{ports['a'][0]}\nmgmtlisten = {HOST}:{ports['a'][1]}\n")
+    (tmp_path / "b.yaml").write_text(
+        f"docroot: {tmp_path / 'b'}\nhttplisten: {HOST}:{ports['b'][0]}\nmgmtlisten: {HOST}:{ports['b'][1]}\n")
+    proc = subprocess.Popen([*PROG, "--multi", f"--config={tmp_path / 'a.conf'}", f"--config={tmp_path / 'b.yaml'}"],
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, MOG_IOSTAT_CMD="sleep 86400"))
+    try:
+        for http, _ in ports.values():
+            wait_port(http, proc=proc)
+        a, b = (f"http://{HOST}:{ports[n][0]}" for n in ("a", "b"))
+        assert requests.get(f"{a}/dev1/usage", timeout=5).text.splitlines()[2] == f"disk: {tmp_path / 'a' / 'dev1'}"
+        assert requests.get(f"{b}/dev5/usage", timeout=5).text.splitlines()[2] == f"disk: {tmp_path / 'b' / 'dev5'}"
+        assert requests.get(f"{b}/dev1/usage", timeout=5).status_code == 404
+        with socket.create_connection((HOST, ports["b"][1]), timeout=5) as s:
+            s.sendall(b"size /dev5\r\nsize /dev1\r\n")
+            assert read_until(s, b"/dev1 -1\r\n").endswith(b"/dev1 -1\r\n")
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        assert proc.wait(15) == 0
