@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -23,7 +22,7 @@ from .iostat import DEFAULT_COMMAND, IostatRunner, map_utilisation
 from .ioq import MAX_THREADS, IoQueues
 from .mgmt import MgmtClient
 from .service import ServiceContext
-from .signals import LIFECYCLE_SIGNALS
+from .signals import LIFECYCLE_SIGNALS, Waker
 
 if TYPE_CHECKING:
     from .upgrade import Upgrade
@@ -71,7 +70,7 @@ class Server:
         self.quitting = False
         self._stop_requested = False
         self._usage_requested = False
-        self._wake = threading.Event()
+        self._wake = Waker()
         self._pending_aio: int | None = None
         self.queue = EventQueue(max(4, 2 * (os.cpu_count() or 1)))
         self.queue.on_close = self._wake.set
@@ -138,6 +137,7 @@ class Server:
             signal.signal(signal.SIGUSR2, lambda s, f: self._request_upgrade())
             signal.signal(signal.SIGCHLD, lambda s, f: self._wake.set())  # the upgrade child died?
         install_kick_handler()
+        self._wake.install()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, LIFECYCLE_SIGNALS)
 
     def usage_pass(self, now: bool = False) -> None:
@@ -168,7 +168,6 @@ class Server:
             if self.master_pid is not None:
                 timeout = min(timeout, PARENT_CHECK_INTERVAL)
             self._wake.wait(max(0.0, timeout))
-            self._wake.clear()
             if self.master_pid is not None and os.getppid() != self.master_pid:
                 log.error(f"parent={self.master_pid} abandoned us, dying")
                 break
@@ -211,6 +210,5 @@ class Server:
                 except OSError:
                     pass
             self._wake.wait(0.1)
-            self._wake.clear()
         self.queue.stop()
         self.ioq.stop()

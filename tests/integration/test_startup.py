@@ -2,6 +2,7 @@
 pidfile, which listeners open (§1.1, §1.5, §1.7)."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -198,3 +199,28 @@ def test_multi_serves_one_service_per_config(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGQUIT)
         assert proc.wait(15) == 0
+
+
+def test_quit_delivered_to_any_thread_stops_the_node(tmp_path: Path) -> None:
+    """The kernel may hand a process-directed SIGQUIT to any thread that does
+    not block it; the main thread must wake up for it at once (not at its next
+    periodic wake-up, an hour away here)."""
+    d = Daemon(tmp_path, env={"MOG_DISK_USAGE_INTERVAL": "3600"})
+    try:
+        assert d.mgmt_cmd(b"\r\n") == b"\r\n"  # serving: every thread exists
+        quit_bit = 1 << (signal.SIGQUIT - 1)
+        others = [int(t) for t in os.listdir(f"/proc/{d.pid}/task")
+                  if int(t) != d.pid and not _sigblk(d.pid, t) & quit_bit]
+        assert others
+        tgkill = 234 if os.uname().machine == "x86_64" else 131
+        assert ctypes.CDLL(None).syscall(tgkill, d.pid, others[-1], signal.SIGQUIT) == 0
+        assert d.proc.wait(10) == 0
+    finally:
+        d.kill()
+
+
+def _sigblk(pid: int, tid: str) -> int:
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no SigBlk")
