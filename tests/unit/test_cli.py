@@ -1,7 +1,6 @@
 """Command line parsing and merging with config files (reference §1.1, §1.2.4, §1.5)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
