@@ -9,16 +9,12 @@ refused at any point; the operator then sends SIGQUIT to the old one.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 
 from . import log
 from .daemon import pid_alive, read_pidfile, remove_pidfile, write_pidfile
-
-# Dispositions the new program must start from, whatever we changed here.
-_DEFAULT_SIGNALS = (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
-                    signal.SIGCHLD, signal.SIGHUP, signal.SIGWINCH)
+from .signals import LIFECYCLE_SIGNALS
 
 
 def start_command() -> list[str]:
@@ -54,7 +50,7 @@ class Upgrade:
             # posix_spawn, not fork: safe in a multi-threaded process, and the
             # child starts with a clean signal mask (the master blocks signals).
             self.pid = os.posix_spawn(self.command[0], self.command, env,
-                                      setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+                                      setsigmask=(), setsigdef=LIFECYCLE_SIGNALS)  # default dispositions
         except OSError as e:
             log.error(f"upgrade failed to spawn {self.command[0]}: {e.strerror}")
             self._take_back_pidfile()
