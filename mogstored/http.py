@@ -34,7 +34,7 @@ from .ioq import thread_buffer
 
 if TYPE_CHECKING:
     from .ioq import IoPool
-    from .server import ServiceContext
+    from .service import ServiceContext
 
 Step = Callable[["IoPool | None"], "Next | IoPool"]
 

@@ -39,7 +39,7 @@ from .mgmt_parser import (
 
 if TYPE_CHECKING:
     from .ioq import IoPool
-    from .server import ServiceContext
+    from .service import ServiceContext
 
 Step = Callable[["IoPool | None"], "Next | IoPool"]
 
