@@ -12,11 +12,37 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 HOST = "127.0.0.1"
+
+
+QUIET_IOSTAT = {"MOG_IOSTAT_CMD": "sleep 86400"}  # no output; tests that watch set their own
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll until ``pred()`` is true; returns its value."""
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return sorted(int(p) for p in out.split())
 
 
 def free_port() -> int:
@@ -191,7 +217,7 @@ class Daemon:
             cmd.append(f"--mgmtlisten={HOST}:{self.mgmt_port}")
         cmd += args
         full_env = dict(os.environ)
-        full_env.setdefault("MOG_IOSTAT_CMD", "sleep 86400")  # quiet; tests that watch set their own
+        full_env.update(QUIET_IOSTAT)
         full_env.update(env or {})
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -15,23 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import Daemon, read_until
+from conftest import Daemon, read_until, wait_for
 
 POOL = 10  # default threads per device
 
 
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def settle(d: Daemon) -> None:

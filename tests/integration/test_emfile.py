@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import HOST, HttpConn, free_port, wait_port
-from test_process import IOSTAT
+from conftest import HOST, QUIET_IOSTAT as IOSTAT, HttpConn, free_port, wait_port
 
 REQUEST = b"GET /dev1/usage HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -14,29 +14,18 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import HOST, Daemon, free_port, read_until, wait_port
+from conftest import HOST, QUIET_IOSTAT, Daemon, alive, free_port, read_until, wait_for, wait_port
 
 PROG = [sys.executable, "-m", "mogstored"]
 
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PROG, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env=dict(os.environ, MOG_IOSTAT_CMD="sleep 86400"))
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+                          env=dict(os.environ, **QUIET_IOSTAT))
 
 
 def wait_gone(pid: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        assert time.monotonic() < deadline, f"PID {pid} still alive"
-        time.sleep(0.05)
+    wait_for(lambda: not alive(pid), timeout, f"PID {pid} to exit")
 
 
 @pytest.mark.parametrize("args, code, out, err", [
@@ -163,7 +152,7 @@ def test_signal_during_start_up_takes_effect(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen([*PROG, f"--docroot={tmp_path}", f"--httplisten={HOST}:{port}",
                              f"--mgmtlisten={HOST}:{free_port()}"], stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, MOG_IOSTAT_CMD="sleep 86400"))
+                            env=dict(os.environ, **QUIET_IOSTAT))
     try:
         time.sleep(0.15)  # the interpreter is still importing
         proc.send_signal(signal.SIGQUIT)
@@ -185,7 +174,7 @@ def test_multi_serves_one_service_per_config(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text(
         f"docroot: {tmp_path / 'b'}\nhttplisten: {HOST}:{ports['b'][0]}\nmgmtlisten: {HOST}:{ports['b'][1]}\n")
     proc = subprocess.Popen([*PROG, "--multi", f"--config={tmp_path / 'a.conf'}", f"--config={tmp_path / 'b.yaml'}"],
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, MOG_IOSTAT_CMD="sleep 86400"))
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, **QUIET_IOSTAT))
     try:
         for http, _ in ports.values():
             wait_port(http, proc=proc)

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 
-from conftest import HOST, free_port, read_all, wait_port
-from test_process import IOSTAT, alive, children, wait_for
+from conftest import HOST, free_port, read_all, wait_port, QUIET_IOSTAT as IOSTAT, alive, children, wait_for
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 

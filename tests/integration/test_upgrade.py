@@ -13,8 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import HOST, Daemon, free_port, read_all, wait_port
-from test_process import IOSTAT, alive, children, wait_for
+from conftest import HOST, Daemon, free_port, read_all, wait_port, QUIET_IOSTAT as IOSTAT, alive, children, wait_for
 
 
 def read_pid(path: Path) -> int | None:
