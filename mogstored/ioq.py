@@ -112,7 +112,7 @@ class IoPool:
             run(client, self)
 
 
-_DEV_RE = re.compile(r"/dev(\d+)(?:/|$)")
+_DEV_RE = re.compile(r"/+dev(\d+)(?:/|$)")  # sidechannel paths may start with //
 
 
 class IoQueues:
