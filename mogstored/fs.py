@@ -13,7 +13,6 @@ import errno
 import os
 import platform
 import re
-import stat
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -128,6 +127,3 @@ class Docroot:
         finally:
             os.close(fd)
 
-
-def is_regular(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode)
