@@ -13,6 +13,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Callable
 
+from . import log
 from .core import Next
 
 if TYPE_CHECKING:
@@ -45,7 +46,10 @@ class Task:
         self.fn = fn
 
     def step(self, pool: "IoPool | None") -> Next:
-        self.fn()
+        try:
+            self.fn()
+        except Exception as e:  # not a connection: nothing to close, the thread lives on
+            log.error(f"task {self.fn!r} failed: {e!r}")
         return Next.PARKED
 
 
