@@ -141,8 +141,9 @@ class EventQueue:
         self.clients.pop(client.fd, None)
         try:
             client.close()
-        finally:
-            self.on_close()
+        except Exception as e:  # called from worker and pool threads: they must live on
+            log.error(f"closing fd={client.fd} failed: {e!r}")
+        self.on_close()
 
     def _worker(self) -> None:
         poll = self.ep.poll
