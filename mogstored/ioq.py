@@ -59,7 +59,7 @@ class IoPool:
     def __init__(self, name: str, queue: "EventQueue", nthreads: int) -> None:
         self.name = name
         self.queue = queue
-        self._jobs: collections.deque[Client | None] = collections.deque()
+        self._jobs: collections.deque[Client | Task] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._threads: set[threading.Thread] = set()
         self._excess = 0
