@@ -2,9 +2,10 @@
 
 Devices are rescanned on every usage pass (and on ``watch``), so a disk added at
 run time gets its I/O pool and usage file without a restart.  Usage is kept in
-memory, refreshed on every PUT and DELETE and on each pass, and served from
-memory for ``GET /devN/usage``: a full disk or a ``chmod 000`` usage file (the
-operator's way to stop the writes) never hides current usage from the tracker.
+memory and ``GET /devN/usage`` is answered from there, so a full disk or a
+``chmod 000`` usage file (the operator's way to stop the writes) never hides
+current usage from the tracker.  It is refreshed on every pass, and after a
+PUT or DELETE as soon as it is read.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ _USAGE_PATH = re.compile(r"/dev(\d+)/usage\Z")
 class Device:
     """One ``devN`` directory and what the node knows of it."""
 
-    __slots__ = ("devid", "path", "st_dev", "pool", "usage")
+    __slots__ = ("devid", "path", "st_dev", "pool", "usage", "stale", "refreshing")
 
     def __init__(self, devid: int, path: str, st_dev: int, pool: "IoPool") -> None:
         self.devid = devid
@@ -37,6 +38,8 @@ class Device:
         self.st_dev = st_dev
         self.pool = pool
         self.usage: tuple[bytes, int] | None = None  # file content, time written
+        self.stale = True  # a PUT or DELETE happened since ``usage`` was computed
+        self.refreshing = False  # a refresh for a read is queued
 
 
 class ServiceContext:
@@ -105,6 +108,7 @@ class ServiceContext:
         return mount.source
 
     def _refresh(self, dev: Device) -> devices.Usage | None:
+        dev.stale = False  # before reading: a PUT meanwhile marks it again
         source = self._mount_source(dev)
         if source is None:
             return None
@@ -141,19 +145,34 @@ class ServiceContext:
         return None
 
     def on_change(self, rel: str) -> None:
-        """A PUT or DELETE below ``rel``'s device: refresh its usage (in its pool)."""
-        if self.has_usage:
-            dev = self._device_of(rel)
-            if dev is not None:
-                self._refresh(dev)
+        """A PUT or DELETE below ``rel``'s device: its usage is stale (a flag,
+        not a statvfs per PUT; the next read has it refreshed)."""
+        dev = self._device_of(rel)
+        if dev is not None:
+            dev.stale = True
 
     def usage_body(self, path: str) -> tuple[bytes, int] | None:
-        """In-memory ``devN/usage`` for ``GET /devN/usage``, if known."""
+        """In-memory ``devN/usage`` for ``GET /devN/usage``, if known.
+
+        Answered at once, without touching the disk; if a PUT or DELETE made
+        it stale, a refresh is queued in the device's pool for the next read
+        (the tracker reads every few seconds)."""
         m = _USAGE_PATH.match(path)
-        if m is None:
+        if m is None or not self.has_usage:
             return None
         dev = self.devices.get(int(m.group(1)))
-        return None if dev is None else dev.usage
+        if dev is None:
+            return None
+        if dev.stale and not dev.refreshing:
+            dev.refreshing = True
+            dev.pool.call(lambda: self._refresh_for_read(dev))
+        return dev.usage
+
+    def _refresh_for_read(self, dev: Device) -> None:
+        try:
+            self._refresh(dev)
+        finally:
+            dev.refreshing = False
 
     # -- watch ----------------------------------------------------------------
     def watch_block(self, utils: dict[int, str]) -> bytes:
