@@ -8,6 +8,7 @@ from the pipe; every completed report is one `watch` broadcast.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import signal
@@ -26,10 +27,13 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the child: SIGTERM when our parent dies, even by SIGKILL, so no
-    iostat is ever left orphaned (the Perl mogstored leaves them)."""
+    iostat is ever left orphaned (the Perl mogstored leaves them).  A parent
+    that died before the prctl took effect would never send it: check."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
 
 # Device name, blanks, [anything ending in a blank], last field of [0-9.], blanks.
 # Unlike cmogstored 1.2.1 the name may contain "-" and "_" (dm-0, `iostat -N` names such
@@ -136,7 +140,8 @@ class IostatRunner:
                 # Its own session: a terminal's ^C is for us; we stop iostat ourselves.
                 proc = subprocess.Popen(["/bin/sh", "-c", f"exec {self.command}"], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, env=env, close_fds=True,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True,
+                                        preexec_fn=functools.partial(_die_with_parent, os.getpid()))
             except OSError as e:
                 log.error(f"iostat(1) not available/running: {e.strerror}")
                 self._stop.wait(RETRY_DELAY)
