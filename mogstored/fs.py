@@ -111,7 +111,7 @@ class Docroot:
     def makedirs(self, rel_dir: str, sync: bool = False) -> None:
         """Create every missing directory of ``rel_dir`` below ``devN``, never
         ``devN`` itself (a missing device stays missing: ENOENT).  With
-        ``sync``, each directory that got a new entry is fsync'ed."""
+        ``sync``, each directory on the way is fsync'ed once its entry exists."""
         dev, _, rest = rel_dir.partition("/")
         fd = self.open(dev, os.O_PATH | os.O_DIRECTORY)
         try:
@@ -120,10 +120,10 @@ class Docroot:
                     continue
                 try:
                     os.mkdir(part, 0o777, dir_fd=fd)
-                    if sync:
-                        sync_dir(fd)
                 except FileExistsError:
                     pass
+                if sync:  # also when a concurrent PUT made it: its sync may be pending
+                    sync_dir(fd)
                 nfd = _openat2(fd, part, os.O_PATH | os.O_DIRECTORY, 0)
                 os.close(fd)
                 fd = nfd
