@@ -27,7 +27,15 @@ from .fs import sync_dir
 
 # The named temp file's pattern: <name>.<8 hex digits>.<pid>.tmp
 _TMP_NAME = re.compile(r".+\.[0-9a-f]{8}\.([0-9]+)\.tmp\Z", re.ASCII)
-_STARTED = time.time()  # sweeps spare temp files younger than this process
+_started = time.time()  # sweeps spare temp files younger than this process
+
+
+def _restart_clock() -> None:
+    global _started
+    _started = time.time()
+
+
+os.register_at_fork(after_in_child=_restart_clock)  # a respawned worker sweeps its predecessor's
 # Test seam: no filesystem the CI kernel offers refuses O_TMPFILE.
 _use_tmpfile = os.environ.get("MOG_NO_TMPFILE", "") in ("", "0")
 _TMPFILE_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR)  # the filesystem, the kernel
@@ -130,7 +138,7 @@ def sweep(devfd: int, devname: str) -> int:
                 continue
             try:
                 st = os.stat(fname, dir_fd=dfd, follow_symlinks=False)
-                if (not stat.S_ISREG(st.st_mode) or st.st_mtime >= _STARTED
+                if (not stat.S_ISREG(st.st_mode) or st.st_mtime >= _started
                         or _pid_alive(int(m.group(1)))):
                     continue
                 os.unlink(fname, dir_fd=dfd)

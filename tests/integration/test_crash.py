@@ -191,7 +191,9 @@ def test_kill_9_of_a_worker_during_50_puts(tmp_path: Path, fstype: str) -> None:
                 load.join()
                 assert load.broken, "the kill cut off no PUT"
                 wait_for(lambda: workers[0] not in children(d.pid), what="the dead worker reaped")
-                assert not [p for p in d.docroot.rglob("*") if is_temp(p)]
+                check_replacement_links(d.docroot, [p for p in d.docroot.rglob("*") if is_temp(p)], old, load)
+                # the respawned worker sweeps what the dead one left
+                wait_for(lambda: not [p for p in d.docroot.rglob("*") if is_temp(p)], what="temp files swept")
                 check_docroot(d.docroot, old, loads)
             assert d.stderr().count("died with status=") == 2
         finally:
