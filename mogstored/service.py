@@ -14,6 +14,7 @@ it on a filesystem of its own.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -92,7 +93,7 @@ class ServiceContext:
                                         self.ioq.for_path(self.docroot.path, f"/dev{devid}"), mounted)
             self._log_mount_state(dev)
             if dev.pool is not None:  # None in the master, which serves nothing
-                dev.pool.call(lambda dev=dev: self._sweep(dev))
+                dev.pool.call(functools.partial(self._sweep, dev))
         self.devices = table
 
     def _log_mount_state(self, dev: Device) -> None:
