@@ -658,17 +658,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "to include a real filesystem")
     p.add_argument("--json", action="store_true",
                    help="print a JSON report on stdout instead of the table")
-    p.add_argument("--durable", action="store_true",
-                   help="run ours with --durable (the cost of syncing: compare "
-                        "with a run without); needs a disk-backed --tmpdir")
     args = p.parse_args(argv)
-    if args.durable:
-        tmpdir = args.tmpdir or tempfile.gettempdir()
-        fstype = subprocess.run(["stat", "-f", "-c", "%T", tmpdir], capture_output=True,
-                                text=True).stdout.strip()
-        if fstype in ("tmpfs", "ramfs"):
-            p.error(f"--durable on {tmpdir} ({fstype}) measures nothing: pass --tmpdir on a disk")
-        args.mogstored_args += " --durable"
     args.only_list = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.only_list if s not in SCENARIOS]
     if unknown or not args.only_list:
