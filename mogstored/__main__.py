@@ -2,19 +2,20 @@
 pidfile write, first usage pass, threads; then serve until a graceful stop."""
 from __future__ import annotations
 
-from . import signals
+from mogstored.process import signals
 
 signals.hold()  # before the imports below, which take most of start-up
 
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from . import listeners, log
-from .arbiter import Arbiter, first_usage_pass
-from .cli import EarlyExit, Options, StartupError, UsageError, load_options
-from .daemon import Pidfile, daemonize, raise_nofile
-from .server import Listener, Server
-from .upgrade import Upgrade
+from mogstored import log
+from mogstored.config import listeners
+from mogstored.process.arbiter import Arbiter, first_usage_pass
+from mogstored.config.cli import EarlyExit, Options, StartupError, UsageError, load_options
+from mogstored.process.daemon import Pidfile, daemonize, raise_nofile
+from mogstored.process.server import Listener, Server
+from mogstored.process.upgrade import Upgrade
 
 
 def program_name() -> str:

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from mogstored import devices
-from mogstored.devices import (
+from mogstored.store import devices
+from mogstored.store.devices import (
     Mount, Usage, compute_usage, format_usage, read_mounts, scan_devices, write_usage,
 )
 

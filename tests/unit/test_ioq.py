@@ -4,8 +4,8 @@ from __future__ import annotations
 import threading
 import time
 
-from mogstored.core import EventQueue
-from mogstored.ioq import IoPool, IoQueues
+from mogstored.event.core import EventQueue
+from mogstored.store.iopool import IoPool, IoQueues
 
 
 def _pool(n: int) -> tuple[EventQueue, IoPool]:

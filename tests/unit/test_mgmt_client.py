@@ -4,8 +4,8 @@ from __future__ import annotations
 import socket
 from types import SimpleNamespace
 
-from mogstored.core import Next
-from mogstored.mgmt import MgmtClient
+from mogstored.event.core import Next
+from mogstored.mgmt.connection import MgmtClient
 
 POOL = object()  # stands in for a device I/O pool
 

@@ -11,21 +11,21 @@ from typing import TYPE_CHECKING, Callable
 
 from setproctitle import setproctitle
 
-from . import log
-from .cli import Service
-from .core import Acceptor, Client, EventQueue, install_kick_handler
-from .devices import read_mounts
-from .expire import heard_within
-from .fsck import FsckQueues
-from .http import HttpClient
-from .iostat import DEFAULT_COMMAND, IostatRunner, map_utilisation
-from .ioq import MAX_THREADS, IoQueues
-from .mgmt import MgmtClient
-from .service import ServiceContext
-from .signals import LIFECYCLE_SIGNALS, Waker
+from mogstored import log
+from mogstored.config.cli import Service
+from mogstored.event.core import Acceptor, Client, EventQueue, install_kick_handler
+from mogstored.store.devices import read_mounts
+from mogstored.event.expiry import heard_within
+from mogstored.store.fsck import FsckQueues
+from mogstored.http.connection import HttpClient
+from mogstored.store.iostat import DEFAULT_COMMAND, IostatRunner, map_utilisation
+from mogstored.store.iopool import MAX_THREADS, IoQueues
+from mogstored.mgmt.connection import MgmtClient
+from mogstored.node import ServiceContext
+from mogstored.process.signals import LIFECYCLE_SIGNALS, Waker
 
 if TYPE_CHECKING:
-    from .upgrade import Upgrade
+    from mogstored.process.upgrade import Upgrade
 
 SHUTDOWN_TITLE = "mogstored, shutting down"
 PARENT_CHECK_INTERVAL = 1.0  # a worker notices an exited master this soon

@@ -6,8 +6,8 @@ import os
 import socket
 from typing import Mapping
 
-from . import log
-from .cli import Listen, StartupError
+from mogstored import log
+from mogstored.config.cli import Listen, StartupError
 
 BACKLOG = 1024
 _INT_MAX = 2**31 - 1

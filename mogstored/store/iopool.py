@@ -13,11 +13,11 @@ import re
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from . import log
-from .core import Next
+from mogstored import log
+from mogstored.event.core import Next
 
 if TYPE_CHECKING:
-    from .core import Client, EventQueue
+    from mogstored.event.core import Client, EventQueue
 
 BUFFER_SIZE = 1 << 20
 DEFAULT_THREADS = 10  # per device, like Perlbal's per-device AIO channels

@@ -12,9 +12,9 @@ import os
 import socket
 import sys
 
-from . import log
-from .daemon import pid_alive, read_pidfile, remove_pidfile, write_pidfile
-from .signals import LIFECYCLE_SIGNALS
+from mogstored import log
+from mogstored.process.daemon import pid_alive, read_pidfile, remove_pidfile, write_pidfile
+from mogstored.process.signals import LIFECYCLE_SIGNALS
 
 
 def start_command() -> list[str]:

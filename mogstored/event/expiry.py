@@ -16,10 +16,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, TypeVar
 
-from . import log
+from mogstored import log
 
 if TYPE_CHECKING:
-    from .core import EventQueue
+    from mogstored.event.core import EventQueue
 
 T = TypeVar("T")
 STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

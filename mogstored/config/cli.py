@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from mogstored import __version__
-from mogstored.config import (  # re-exported: part of this module's interface
+from mogstored.config.file import (  # re-exported: part of this module's interface
     ConfigFile,
     Listen,
     StartupError,
@@ -23,7 +23,7 @@ from mogstored.config import (  # re-exported: part of this module's interface
     parse_listen,
     read_config,
 )
-from mogstored.daemon import DEFAULT_MAXCONNS, validate_daemonize
+from mogstored.process.daemon import DEFAULT_MAXCONNS, validate_daemonize
 
 __all__ = [
     "EarlyExit", "Listen", "Options", "Service", "StartupError", "UsageError",

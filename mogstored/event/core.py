@@ -21,12 +21,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from . import log
-from .expire import STARVED, relieve
+from mogstored import log
+from mogstored.event.expiry import STARVED, relieve
 
 if TYPE_CHECKING:
-    from .board import LoadBoard
-    from .ioq import IoPool
+    from mogstored.process.board import LoadBoard
+    from mogstored.store.iopool import IoPool
 
 ONESHOT = select.EPOLLONESHOT
 _WANT_READ = select.EPOLLIN | select.EPOLLRDHUP | ONESHOT | select.EPOLLET

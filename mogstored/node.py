@@ -15,14 +15,15 @@ import stat
 import threading
 from typing import TYPE_CHECKING
 
-from . import devices, log
-from .cli import Service
-from .fs import Docroot
-from .watch import Watchers
+from mogstored import log
+from mogstored.store import devices
+from mogstored.config.cli import Service
+from mogstored.store.fs import Docroot
+from mogstored.mgmt.watch import Watchers
 
 if TYPE_CHECKING:
-    from .ioq import IoPool
-    from .server import Server
+    from mogstored.store.iopool import IoPool
+    from mogstored.process.server import Server
 
 _USAGE_PATH = re.compile(r"/dev(\d+)/usage\Z")
 

@@ -12,11 +12,11 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from . import log
-from .core import Next
-from .fsck import low_io_priority
-from .ioq import thread_buffer
-from .mgmt_parser import (
+from mogstored import log
+from mogstored.event.core import Next
+from mogstored.store.fsck import low_io_priority
+from mogstored.store.iopool import thread_buffer
+from mogstored.mgmt.parser import (
     BAD_PATH_REPLY,
     BLANK_REPLY,
     AioThreads,
@@ -38,8 +38,8 @@ from .mgmt_parser import (
 )
 
 if TYPE_CHECKING:
-    from .ioq import IoPool
-    from .service import ServiceContext
+    from mogstored.store.iopool import IoPool
+    from mogstored.node import ServiceContext
 
 Step = Callable[["IoPool | None"], "Next | IoPool"]
 

@@ -16,14 +16,14 @@ import os
 import signal
 import time
 
-from . import log
-from .board import LoadBoard
-from .cli import Service
-from .core import Acceptor
-from .server import Listener, Server
-from .signals import LIFECYCLE_SIGNALS
-from .service import ServiceContext
-from .upgrade import Upgrade
+from mogstored import log
+from mogstored.process.board import LoadBoard
+from mogstored.config.cli import Service
+from mogstored.event.core import Acceptor
+from mogstored.process.server import Listener, Server
+from mogstored.process.signals import LIFECYCLE_SIGNALS
+from mogstored.node import ServiceContext
+from mogstored.process.upgrade import Upgrade
 
 FORK_RETRY = 10.0  # seconds after a failed fork
 QUIT_REPEAT = 1.0  # while stopping, QUIT goes out again this often

@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Callable
 
-from . import log
-from .devices import Mount
+from mogstored import log
+from mogstored.store.devices import Mount
 
 DEFAULT_COMMAND = "iostat -dx 1 30"
 RETRY_DELAY = 10.0

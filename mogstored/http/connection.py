@@ -16,10 +16,10 @@ import stat
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from . import log
-from .core import Next
-from .expire import retry_starved
-from .http_parser import (
+from mogstored import log
+from mogstored.event.core import Next
+from mogstored.event.expiry import retry_starved
+from mogstored.http.parser import (
     MAX_HEAD,
     ChunkedDecoder,
     HttpError,
@@ -29,12 +29,12 @@ from .http_parser import (
     parse_head,
     resolve_range,
 )
-from .http_response import error_head, file_head, root_head
-from .ioq import thread_buffer
+from mogstored.http.response import error_head, file_head, root_head
+from mogstored.store.iopool import thread_buffer
 
 if TYPE_CHECKING:
-    from .ioq import IoPool
-    from .service import ServiceContext
+    from mogstored.store.iopool import IoPool
+    from mogstored.node import ServiceContext
 
 Step = Callable[["IoPool | None"], "Next | IoPool"]
 
