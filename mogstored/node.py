@@ -1,4 +1,6 @@
-"""A service: one docroot, its devices, their usage and their watchers.
+"""What a connection sees of its node: one service (docroot, devices, their
+usage and watchers), the I/O pools, the fsck queue, and a narrow control
+interface to its serving process (:class:`Control`), never the whole server.
 
 Devices are rescanned on every usage pass (and on ``watch``), so a disk added at
 run time gets its I/O pool and usage file without a restart.  Usage is kept in
@@ -10,22 +12,107 @@ PUT or DELETE as soon as it is read.
 from __future__ import annotations
 
 import os
-import re
 import stat
-import threading
-from typing import TYPE_CHECKING
+from typing import Callable, Protocol, TypeVar
 
 from mogstored import log
-from mogstored.store import devices
-from mogstored.config.cli import Service
-from mogstored.store.fs import Docroot
+from mogstored.config.options import Service
 from mogstored.mgmt.watch import Watchers
+from mogstored.store import devices
+from mogstored.store.fs import Docroot
+from mogstored.store.fsck import FsckQueues
+from mogstored.store.iopool import IoPool, IoQueues
 
-if TYPE_CHECKING:
-    from mogstored.store.iopool import IoPool
-    from mogstored.process.server import Server
+T = TypeVar("T")
 
-_USAGE_PATH = re.compile(r"/dev(\d+)/usage\Z")
+
+class Control(Protocol):
+    """What a connection may ask of its serving process."""
+
+    quitting: bool  # graceful shutdown under way: finish, then close
+
+    def request_shutdown(self) -> None: ...
+    def request_usage_pass(self) -> None: ...
+    def set_aio_threads(self, n: int) -> None: ...
+    def iostat_running(self) -> bool: ...
+    def retry_open(self, fn: Callable[[], T]) -> T:
+        """``fn()`` (a file open), retried once if descriptors ran out (§3.10)."""
+        ...
+
+
+def _mount_source(path: str, st_dev: int, mounts: dict[int, devices.Mount]) -> str | None:
+    mount = mounts.get(st_dev)
+    if mount is None:
+        # btrfs subvolumes, overlays: st_dev differs from mountinfo's;
+        # fall back to the longest mount point containing the device.
+        real = os.path.realpath(path)
+        best = max((m for m in mounts.values()
+                    if real == m.mountpoint or real.startswith(m.mountpoint.rstrip("/") + "/")),
+                   key=lambda m: len(m.mountpoint), default=None)
+        if best is None:
+            log.error(f"mount entry not found for {path}")
+            return None
+        mount = best
+    return mount.source
+
+
+def _measure(path: str, st_dev: int, mounts: dict[int, devices.Mount]) -> devices.Usage | None:
+    source = _mount_source(path, st_dev, mounts)
+    if source is None:
+        return None
+    try:
+        return devices.compute_usage(path, source)
+    except OSError as e:
+        log.error(f"fstatvfs({path}): {e.strerror}")
+        return None
+
+
+def _write_usage_file(path: str, usage: devices.Usage) -> None:
+    target = os.path.join(path, "usage")
+    try:
+        if stat.S_IMODE(os.stat(target, follow_symlinks=False).st_mode) == 0:
+            return  # chmod 000: the operator stopped the writes
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.error(f"stat({target}): {e.strerror}")
+        return
+    try:
+        devices.write_usage(path, usage)
+    except OSError as e:
+        log.error(f"dprintf({target}): {e.strerror}")
+
+
+def _scan(docroot: str) -> tuple[dict[int, tuple[str, int]], dict[int, devices.Mount]] | None:
+    """devid -> (path, st_dev) of every device directory, and the mount table."""
+    try:
+        found = devices.scan_devices(docroot)
+        mounts = devices.read_mounts()
+    except OSError as e:
+        log.error(f"scanning {docroot}: {e.strerror}")
+        return None
+    table = {}
+    for devid, path in found.items():
+        try:
+            table[devid] = (path, os.stat(path).st_dev)
+        except OSError:
+            continue
+    return table, mounts
+
+
+def write_usage_now(service: Service) -> None:
+    """§1.5: every usage file of a service, written right here (the master
+    before it forks: no pool, no thread)."""
+    if service.mgmtlisten is None:  # §2.3.3: no sidechannel, no usage
+        return
+    scanned = _scan(service.docroot)
+    if scanned is None:
+        return
+    table, mounts = scanned
+    for path, st_dev in table.values():
+        usage = _measure(path, st_dev, mounts)
+        if usage is not None:
+            _write_usage_file(path, usage)
 
 
 class Device:
@@ -33,7 +120,7 @@ class Device:
 
     __slots__ = ("devid", "path", "st_dev", "pool", "usage", "stale", "refreshing")
 
-    def __init__(self, devid: int, path: str, st_dev: int, pool: "IoPool") -> None:
+    def __init__(self, devid: int, path: str, st_dev: int, pool: IoPool) -> None:
         self.devid = devid
         self.path = path
         self.st_dev = st_dev
@@ -44,36 +131,28 @@ class Device:
 
 
 class ServiceContext:
-    """What a client needs of its service: docroot, I/O pools, the server."""
+    """A service as its connections see it."""
 
-    def __init__(self, service: Service, server: "Server") -> None:
-        self.service = service
+    def __init__(self, service: Service, ioq: IoQueues, fsck: FsckQueues, process: Control) -> None:
         self.docroot = Docroot(service.docroot)
-        self.ioq = server.ioq
-        self.fsck = server.fsck
-        self.server = server
+        self.ioq = ioq
+        self.fsck = fsck
+        self.process = process
         self.watchers = Watchers()
         self.has_usage = service.mgmtlisten is not None  # §2.3.3: no sidechannel, no usage
         self.devices: dict[int, Device] = {}
         self._mounts: dict[int, devices.Mount] = {}
-        self._lock = threading.Lock()
 
     # -- discovery (main thread) -------------------------------------------
     def scan(self) -> None:
         """Find device directories; give new ones an I/O pool."""
-        try:
-            found = devices.scan_devices(self.docroot.path)
-            self._mounts = devices.read_mounts()
-        except OSError as e:
-            log.error(f"scanning {self.docroot.path}: {e.strerror}")
+        scanned = _scan(self.docroot.path)
+        if scanned is None:
             return
+        found, self._mounts = scanned
         self.ioq.set_devices(self.docroot.path, set(found))
         table: dict[int, Device] = {}
-        for devid, path in found.items():
-            try:
-                st_dev = os.stat(path).st_dev
-            except OSError:
-                continue
+        for devid, (path, st_dev) in found.items():
             old = self.devices.get(devid)
             if old is not None and old.st_dev == st_dev:
                 table[devid] = old
@@ -90,65 +169,26 @@ class ServiceContext:
             if now:
                 self._write_usage(dev)
             else:
-                dev.pool.call(lambda dev=dev: self._write_usage(dev))
+                dev.pool.call(lambda dev=dev: self._write_usage(dev))  # type: ignore[misc]
 
     # -- usage (device pools) -------------------------------------------------
-    def _mount_source(self, dev: Device) -> str | None:
-        mount = self._mounts.get(dev.st_dev)
-        if mount is None:
-            # btrfs subvolumes, overlays: st_dev differs from mountinfo's;
-            # fall back to the longest mount point containing the device.
-            real = os.path.realpath(dev.path)
-            best = max((m for m in self._mounts.values()
-                        if real == m.mountpoint or real.startswith(m.mountpoint.rstrip("/") + "/")),
-                       key=lambda m: len(m.mountpoint), default=None)
-            if best is None:
-                log.error(f"mount entry not found for {dev.path}")
-                return None
-            mount = best
-        return mount.source
-
     def _refresh(self, dev: Device) -> devices.Usage | None:
         dev.stale = False  # before reading: a PUT meanwhile marks it again
-        source = self._mount_source(dev)
-        if source is None:
-            return None
-        try:
-            usage = devices.compute_usage(dev.path, source)
-        except OSError as e:
-            log.error(f"fstatvfs({dev.path}): {e.strerror}")
-            return None
-        dev.usage = (devices.format_usage(usage), usage.time)
+        usage = _measure(dev.path, dev.st_dev, self._mounts)
+        if usage is not None:
+            dev.usage = (devices.format_usage(usage), usage.time)
         return usage
 
     def _write_usage(self, dev: Device) -> None:
         usage = self._refresh(dev)
-        if usage is None:
-            return
-        target = os.path.join(dev.path, "usage")
-        try:
-            if stat.S_IMODE(os.stat(target, follow_symlinks=False).st_mode) == 0:
-                return  # chmod 000: the operator stopped the writes
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.error(f"stat({target}): {e.strerror}")
-            return
-        try:
-            devices.write_usage(dev.path, usage)
-        except OSError as e:
-            log.error(f"dprintf({target}): {e.strerror}")
-
-    def _device_of(self, rel: str) -> Device | None:
-        name = rel.partition("/")[0]
-        if name.startswith("dev") and name[3:].isdigit():
-            return self.devices.get(int(name[3:]))
-        return None
+        if usage is not None:
+            _write_usage_file(dev.path, usage)
 
     def on_change(self, rel: str) -> None:
         """A PUT or DELETE below ``rel``'s device: its usage is stale (a flag,
         not a statvfs per PUT; the next read has it refreshed)."""
-        dev = self._device_of(rel)
+        devid = devices.devid_of(rel.partition("/")[0])
+        dev = None if devid is None else self.devices.get(devid)
         if dev is not None:
             dev.stale = True
 
@@ -158,10 +198,12 @@ class ServiceContext:
         Answered at once, without touching the disk; if a PUT or DELETE made
         it stale, a refresh is queued in the device's pool for the next read
         (the tracker reads every few seconds)."""
-        m = _USAGE_PATH.match(path)
-        if m is None or not self.has_usage:
+        if not self.has_usage or not path.endswith("/usage"):
             return None
-        dev = self.devices.get(int(m.group(1)))
+        devid = devices.device_of_path(path)
+        if devid is None or path.count("/") != 2:
+            return None
+        dev = self.devices.get(devid)
         if dev is None:
             return None
         if dev.stale and not dev.refreshing:
@@ -177,7 +219,7 @@ class ServiceContext:
 
     # -- watch ----------------------------------------------------------------
     def watch_block(self, utils: dict[int, str]) -> bytes:
-        """One block for this service's watchers: ``<devid>\\t<util>\\n`` ... ``.\\n``."""
+        """One block for this service's watchers: ``<devid>\t<util>\n`` ... ``.\n``."""
         lines = [f"{devid}\t{utils.get(dev.st_dev, '-')}\n" for devid, dev in sorted(self.devices.items())]
         lines.append(".\n")
         return "".join(lines).encode()

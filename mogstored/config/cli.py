@@ -14,15 +14,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from mogstored import __version__
-from mogstored.config.file import (  # re-exported: part of this module's interface
-    ConfigFile,
-    Listen,
-    StartupError,
-    Warn,
-    check_server,
-    parse_listen,
-    read_config,
-)
+from mogstored.config.file import ConfigFile, Warn, check_server, parse_listen, read_config
+from mogstored.config.options import Listen, Options, Service, StartupError
 from mogstored.process.daemon import DEFAULT_MAXCONNS, validate_daemonize
 
 __all__ = [
@@ -98,29 +91,6 @@ class EarlyExit(Exception):
         super().__init__(text)
         self.code = code
         self.text = text
-
-
-@dataclass
-class Service:
-    """One docroot with its listeners (one per config file with --multi, else one)."""
-
-    docroot: str  # canonical (realpath) docroot
-    httplisten: Listen | None
-    mgmtlisten: Listen | None
-    httpgetlisten: Listen | None
-
-
-@dataclass
-class Options:
-    """Everything start-up needs, after merging the command line and config files."""
-
-    services: list[Service]
-    daemonize: bool  # False when CMOGSTORED_FD is set: an upgraded process already is a daemon
-    pidfile: str | None  # absolute
-    maxconns: int
-    worker_processes: int
-    server: str  # "perlbal" or "none" (none: HTTP listeners are not opened)
-    iostat: bool
 
 
 @dataclass

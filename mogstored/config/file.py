@@ -18,26 +18,9 @@ from typing import Callable, Iterable, Iterator
 
 import yaml
 
+from mogstored.config.options import Listen, StartupError
+
 Warn = Callable[[str], None]
-
-
-class StartupError(Exception):
-    """Fatal start-up error (exit 1).
-
-    ``str(e)`` is the message without the ``<argv0>: `` prefix; when several lines are
-    printed they are joined by ``\\n`` and each gets the prefix.
-    """
-
-
-@dataclass(frozen=True)
-class Listen:
-    """An IPv4 listen address."""
-
-    host: str  # dotted quad, "0.0.0.0" when omitted
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 _LISTEN = re.compile(r"(?:([0-9]{1,3}(?:\.[0-9]{1,3}){3})?:)?([0-9]{1,5})")

@@ -7,7 +7,7 @@ import socket
 from typing import Mapping
 
 from mogstored import log
-from mogstored.config.cli import Listen, StartupError
+from mogstored.config.options import Listen, StartupError
 
 BACKLOG = 1024
 _INT_MAX = 2**31 - 1

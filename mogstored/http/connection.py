@@ -1,125 +1,50 @@
-"""One HTTP connection as a state machine driven by the event core.
+"""One HTTP connection: reads and parses request heads, dispatches each request
+to a transfer object created for it, sends answers made in memory, and
+finishes (keep-alive, pipelining, close).
 
 Socket reads and request parsing run on epoll workers.  Anything that touches a
-disk (open, stat, sendfile from the file, writes, rename, unlink) runs in the
-I/O pool of the device the path names: the step returns that pool, and the
-pool thread runs the next step.  ``self._state`` is the bound method of the next
-step; each returns what the client needs next (see :class:`core.Next`).
+disk (open, stat, sendfile from the file, writes, rename, unlink) is a state
+with ``on_pool`` (states.py lists them): the event core runs it in the I/O pool
+of the device the path names.
 """
 from __future__ import annotations
 
-import errno
-import hashlib
-import os
 import socket
-import stat
-import struct
-from typing import TYPE_CHECKING, Callable
 
-from mogstored import log
-from mogstored.event.core import Next
-from mogstored.event.expiry import retry_starved
-from mogstored.http.parser import (
-    MAX_HEAD,
-    ChunkedDecoder,
-    HttpError,
-    Request,
-    check_put_framing,
-    is_put_path,
-    parse_head,
-    resolve_range,
-)
+from mogstored.event.step import Next, Pool, State
+from mogstored.http.dav import DeleteTransfer
+from mogstored.http.get import GetTransfer
+from mogstored.http.parser import MAX_HEAD, HttpError, Request, check_put_framing, parse_head, resolve_range
+from mogstored.http.paths import refusal
+from mogstored.http.put import PutTransfer
 from mogstored.http.response import error_head, file_head, root_head
-from mogstored.store.iopool import thread_buffer
+from mogstored.http.states import ANSWERING, CREATING, DELETING, NO_TRANSFER, OPENING, READING, Transfer
+from mogstored.node import ServiceContext
 
-if TYPE_CHECKING:
-    from mogstored.store.iopool import IoPool
-    from mogstored.node import ServiceContext
-
-Step = Callable[["IoPool | None"], "Next | IoPool"]
-
-SENDFILE_CHUNK = 1 << 22
-SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
-FADVISE_MIN = 256 << 10
+_NOTHING = memoryview(b"")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_PUT_MODE = 0o666 & ~_umask()  # read once, while the process is single-threaded
-_TCP_INFO_LEN = 104
-_LAST_DATA_RECV = 52  # offset of tcpi_last_data_recv in struct tcp_info
-_noatime = os.O_NOATIME
-# O_NONBLOCK: a FIFO below devN must not block an I/O thread in open() (it is then 403).
-_GET_FLAGS = os.O_RDONLY | os.O_NONBLOCK
-
-
-def _open_status(err: int) -> int:
-    """Status for a failed GET/HEAD open or stat (§3.5)."""
-    if err == errno.ENOENT:
-        return 404
-    if err in (errno.EACCES, errno.ELOOP):
-        return 403
-    return 500
-
-
-def _put_status(err: int) -> int:
-    """Status for a failed PUT open or write (§3.6.4)."""
-    if err == errno.ENOENT:
-        return 404
-    if err in (errno.EACCES, errno.EPERM, errno.ELOOP):
-        return 403
-    if err == errno.EINVAL:
-        return 400
-    if err in (errno.ENOSPC, errno.EFBIG, errno.ERANGE, errno.EDQUOT):
-        return 507
-    return 500
-
-
-def _refuse_symlink(dirfd: int, name: str) -> None:
-    """§3.4 item 4: a symlink below devN is never replaced, written through or
-    unlinked, even where rename/unlink would only touch the link (ELOOP -> 403)."""
-    try:
-        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)
-
-
-class HttpClient:
+class HttpConnection:
     """A client of an HTTP (or GET-only) listener."""
 
-    expirable = True  # idle ones are shut down when descriptors run out (expire.py)
+    expirable = True  # idle ones are shut down when descriptors run out (event/expiry.py)
 
-    __slots__ = (
-        "sock", "fd", "svc", "get_only", "inbuf", "pos", "out", "eof", "_state", "req",
-        "pool", "rel", "file", "offset", "remaining", "tmpname", "dirfd", "md5",
-        "chunks", "written", "peer",
-    )
+    __slots__ = ("sock", "fd", "svc", "get_only", "inbuf", "pos", "out", "eof", "state", "pool",
+                 "keepalive", "transfer", "peer")
 
-    def __init__(self, sock: socket.socket, svc: "ServiceContext", get_only: bool) -> None:
+    def __init__(self, sock: socket.socket, svc: ServiceContext, get_only: bool) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.svc = svc
         self.get_only = get_only
         self.inbuf = bytearray()
         self.pos = 0  # start of unprocessed input in inbuf
-        self.out: memoryview | None = None  # response head bytes not yet sent
+        self.out = _NOTHING  # response head bytes not yet sent
         self.eof = False
-        self._state: Step = self._read_head
-        self.req: Request | None = None
-        self.pool: IoPool | None = None
-        self.rel = ""
-        self.file = -1
-        self.dirfd = -1
-        self.tmpname: str | None = None
-        self.offset = self.remaining = self.written = 0
-        self.md5 = None
-        self.chunks: ChunkedDecoder | None = None
+        self.state = READING
+        self.pool: Pool = svc.ioq.shared  # the current request's device pool
+        self.keepalive = False  # of the current answer
+        self.transfer: Transfer = NO_TRANSFER
         # Kept from the start: after a reset getpeername() fails, yet the log names the peer.
         try:
             self.peer = "%s:%d" % sock.getpeername()[:2]
@@ -127,23 +52,28 @@ class HttpClient:
             self.peer = "?:0"
 
     # -- event core interface --------------------------------------------
-    def step(self, pool: "IoPool | None") -> "Next | IoPool":
-        return self._state(pool)
+    def step(self, pool: Pool | None) -> Next:
+        state = self.state
+        if state is READING:
+            return self._read_head()
+        if state is ANSWERING:
+            return self._answer()
+        return self.transfer.step(pool)
 
     def idle(self) -> bool:
-        return self._state == self._read_head and self.pos >= len(self.inbuf)
+        return self.state is READING and self.pos >= len(self.inbuf)
 
     def close(self) -> None:
-        self._release_file()
+        self.transfer.release()
         self.sock.close()
 
     # -- reading and dispatching requests --------------------------------
-    def _read_head(self, pool: "IoPool | None") -> "Next | IoPool":
+    def _read_head(self) -> Next:
         while True:
             try:
                 parsed = parse_head(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
             except HttpError as e:
-                return self._fail(e.status)
+                return self.fail(e.status)
             if parsed is not None:
                 req, self.pos = parsed
                 return self._dispatch(req)
@@ -154,7 +84,7 @@ class HttpClient:
             except BlockingIOError:
                 # Shutting down: closed only once nothing at all has arrived (a
                 # request already sent is answered, not reset by the close).
-                return Next.CLOSE if self.svc.server.quitting and self.pos >= len(self.inbuf) else Next.READ
+                return Next.CLOSE if self.svc.process.quitting and self.pos >= len(self.inbuf) else Next.READ
             except OSError:
                 return Next.CLOSE
             if not data:
@@ -165,78 +95,72 @@ class HttpClient:
                 self.pos = 0
             self.inbuf += data
 
-    def _dispatch(self, req: Request) -> "Next | IoPool":
-        self.req = req
+    def _dispatch(self, req: Request) -> Next:
+        self.keepalive = keep = req.keepalive
         method, path = req.method, req.path
-        if method in ("GET", "HEAD"):
-            if path == "/":
-                if req.range is not None and resolve_range(req.range, 0)[0] == 416:
-                    return self._respond(error_head(416, req.keepalive, 0))
-                return self._respond(root_head(req.keepalive))
-            if ".." in path:
-                return self._respond(error_head(403, req.keepalive))
+        reading = method == "GET" or method == "HEAD"
+        if not reading and self.get_only:
+            return self.fail(405) if method == "PUT" else self.answer(error_head(405, keep))
+        if reading and path == "/":
+            if req.range is not None and resolve_range(req.range, 0)[0] == 416:
+                return self.answer(error_head(416, keep, 0))
+            return self.answer(root_head(keep))
+        status = refusal(method, path)
+        if status is not None:
+            return self.fail(status) if method == "PUT" else self.answer(error_head(status, keep))
+        rel = path.lstrip("/")
+        if reading:
             usage = self.svc.usage_body(path)
             if usage is not None:
-                return self._respond_bytes(*usage)
-            return self._to_pool(path, self._open_get)
+                return self._answer_bytes(req, *usage)
+            return self._start(GetTransfer(self, req, rel), OPENING, path)
         if method == "PUT":
-            if self.get_only:
-                return self._fail(405)
-            if ".." in path or not is_put_path(path):
-                return self._fail(400)
             try:
                 check_put_framing(req)
             except HttpError as e:
-                return self._fail(e.status)
-            return self._to_pool(path, self._open_put)
+                return self.fail(e.status)
+            return self._start(PutTransfer(self, req, rel), CREATING, path)
         if method == "DELETE":
-            if self.get_only:
-                return self._respond(error_head(405, req.keepalive))
-            if path == "/" or ".." in path:
-                return self._respond(error_head(403, req.keepalive))
-            return self._to_pool(path, self._delete)
+            return self._start(DeleteTransfer(self, rel, keep), DELETING, path)
         # MKCOL never creates anything: the tracker takes 400 as "no MKCOL here".
-        if self.get_only:
-            return self._respond(error_head(405, req.keepalive))
-        return self._respond(error_head(403 if ".." in path else 400, req.keepalive))
+        return self.answer(error_head(400, keep))
 
-    def _to_pool(self, path: str, state: Step) -> "IoPool":
-        self.rel = path.lstrip("/")
+    def _start(self, transfer: Transfer, state: State, path: str) -> Next:
+        self.transfer = transfer
         self.pool = self.svc.ioq.for_path(self.svc.docroot.path, path)
-        self._state = state
-        return self.pool
+        self.state = state
+        return Next.RUN  # the core hops to the pool
 
-    # -- responses ---------------------------------------------------------
-    def _fail(self, status: int) -> "Next | IoPool":
+    # -- responses (any thread) -------------------------------------------
+    def fail(self, status: int) -> Next:
         """An error that ends the connection once answered (§3.8.2)."""
-        if self.req is not None:
-            self.req.keepalive = False
+        self.keepalive = False
         self.inbuf.clear()
         self.pos = 0
         self.eof = True
-        return self._respond(error_head(status, False))
+        return self.answer(error_head(status, False))
 
-    def _respond(self, head: bytes) -> "Next | IoPool":
+    def answer(self, head: bytes) -> Next:
+        """Send ``head`` (a whole answer), then finish."""
         self.out = memoryview(head)
-        self._state = self._write_head_then_finish
-        return self._write_head_then_finish(None)
+        self.state = ANSWERING
+        return self._answer()
 
-    def _respond_bytes(self, body: bytes, mtime: float) -> "Next | IoPool":
+    def _answer_bytes(self, req: Request, body: bytes, mtime: float) -> Next:
         """A GET/HEAD answered from memory (``devN/usage``), Range included."""
-        req = self.req
         size = len(body)
         status, first, last = (200, 0, size - 1) if req.range is None else resolve_range(req.range, size)
         if status == 416:
-            return self._respond(error_head(416, req.keepalive, size))
+            return self.answer(error_head(416, req.keepalive, size))
         head = file_head(status, mtime, last - first + 1, req.keepalive, first, last, size)
-        return self._respond(head if req.method == "HEAD" else head + body[first : last + 1])
+        return self.answer(head if req.method == "HEAD" else head + body[first : last + 1])
 
-    def _write_head_then_finish(self, pool: "IoPool | None") -> "Next | IoPool":
-        if not self._flush():
+    def _answer(self) -> Next:
+        if not self.flush():
             return Next.WRITE
-        return self._finish()
+        return self.finish()
 
-    def _flush(self, more: bool = False) -> bool:
+    def flush(self, more: bool = False) -> bool:
         """Send pending head bytes; False while the socket is full."""
         out = self.out
         while out:
@@ -246,280 +170,25 @@ class HttpClient:
                 self.out = out
                 return False
             except OSError:
-                self.out = None
+                self.out = _NOTHING
                 self.eof = True
-                if self.req is not None:
-                    self.req.keepalive = False
+                self.keepalive = False
                 return True
             out = out[n:]
-        self.out = None
+        self.out = _NOTHING
         return True
 
-    def _finish(self) -> "Next | IoPool":
+    def finish(self) -> Next:
         """The response is out: close, or go on with the next request."""
-        req, self.req = self.req, None
-        self._release_file()
-        self._state = self._read_head
-        if req is None or not req.keepalive:
+        self.transfer.release()
+        self.transfer = NO_TRANSFER
+        self.state = READING
+        if not self.keepalive:
             return Next.CLOSE
         if self.pos < len(self.inbuf):
             return Next.ACTIVE  # pipelined: behind the other ready clients
         self.inbuf.clear()
         self.pos = 0
-        if self.eof or self.svc.server.quitting:
+        if self.eof or self.svc.process.quitting:
             return Next.CLOSE
         return Next.READ
-
-    def _release_file(self) -> None:
-        if self.file >= 0:
-            os.close(self.file)
-            self.file = -1
-        if self.dirfd >= 0:
-            os.close(self.dirfd)
-            self.dirfd = -1
-
-    # -- GET and HEAD (device pool) ------------------------------------
-    def _open_get(self, pool: "IoPool | None") -> "Next | IoPool":
-        req = self.req
-        docroot = self.svc.docroot
-        try:
-            if req.method == "HEAD":
-                st = retry_starved(self.svc.server.queue, lambda: docroot.stat(self.rel))  # no read permission needed (§3.5)
-            else:
-                self.file = retry_starved(self.svc.server.queue, self._open_for_get)
-                st = os.fstat(self.file)
-        except OSError as e:
-            return self._respond(error_head(_open_status(e.errno), req.keepalive))
-        if not stat.S_ISREG(st.st_mode):
-            return self._respond(error_head(403, req.keepalive))
-        size = st.st_size
-        status, first, last = (200, 0, size - 1) if req.range is None else resolve_range(req.range, size)
-        if status == 416:
-            return self._respond(error_head(416, req.keepalive, size))
-        length = last - first + 1
-        self.out = memoryview(file_head(status, st.st_mtime, length, req.keepalive, first, last, size))
-        if req.method == "HEAD" or length == 0:
-            self._state = self._write_head_then_finish
-            return self._write_head_then_finish(pool)
-        if length > FADVISE_MIN:
-            os.posix_fadvise(self.file, first, length, os.POSIX_FADV_SEQUENTIAL)
-        self.offset = first
-        self.remaining = length
-        self._state = self._send_file
-        return self._send_file(pool)
-
-    def _open_for_get(self) -> int:
-        global _noatime
-        try:
-            return self.svc.docroot.open(self.rel, _GET_FLAGS | _noatime)
-        except OSError as e:
-            if not _noatime or e.errno in (errno.ENOENT, errno.ELOOP, errno.EMFILE, errno.ENFILE):
-                raise
-            _noatime = 0  # files owned by others: EPERM with O_NOATIME
-            return self.svc.docroot.open(self.rel, _GET_FLAGS)
-
-    def _send_file(self, pool: "IoPool | None") -> "Next | IoPool":
-        if self.out is not None and not self._flush(more=True):
-            return Next.WRITE
-        if pool is not self.pool:
-            return self.pool  # sendfile reads the disk
-        sent = 0
-        while self.remaining > 0:
-            try:
-                n = os.sendfile(self.fd, self.file, self.offset, min(self.remaining, SENDFILE_CHUNK))
-            except BlockingIOError:
-                return Next.WRITE
-            except OSError:
-                return Next.CLOSE
-            if n == 0:
-                log.error(f"sendfile()-d 0 bytes at offset={self.offset}; file truncated?")
-                return Next.CLOSE
-            self.offset += n
-            self.remaining -= n
-            sent += n
-            if sent >= SENDFILE_SLICE and self.remaining:
-                return Next.ACTIVE
-        return self._finish()
-
-    # -- PUT (device pool) ------------------------------------------------
-    def _open_put(self, pool: "IoPool | None") -> "Next | IoPool":
-        req = self.req
-        docroot = self.svc.docroot
-        try:
-            retry_starved(self.svc.server.queue, lambda: self._create_with_parents(docroot))
-        except OSError as e:
-            log.error(f"problem starting PUT for path={req.path} ({e.strerror})")
-            return self._fail(_put_status(e.errno))
-        self.offset = req.content_range[0] if req.content_range else 0
-        self.written = 0
-        self.md5 = hashlib.md5() if (req.content_md5 is not None or req.trailer_md5) else None
-        if req.chunked:
-            self.chunks = ChunkedDecoder()
-            self.remaining = -1
-        else:
-            self.chunks = None
-            self.remaining = req.content_length or 0
-        self._state = self._put_body
-        return self._put_body(pool)
-
-    def _create_with_parents(self, docroot) -> None:
-        try:
-            self._create(docroot)
-        except FileNotFoundError:
-            self._release_file()  # a directory vanishing under us must not leak dirfd
-            docroot.makedirs(self.rel.rpartition("/")[0])
-            self._create(docroot)
-
-    def _create(self, docroot) -> None:
-        self.dirfd, name = docroot.open_parent(self.rel)
-        _refuse_symlink(self.dirfd, name)
-        if self.req.content_range is not None:
-            self.tmpname = None
-            self.file = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dirfd)
-            return
-        for _ in range(2):
-            tmp = f"{name}.{os.urandom(4).hex()}.{os.getpid()}.tmp"
-            try:
-                self.file = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_CLOEXEC, 0o600, dir_fd=self.dirfd)
-            except FileExistsError:
-                continue
-            self.tmpname = tmp
-            return
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
-
-    def _put_body(self, pool: "IoPool | None") -> "Next | IoPool":
-        if pool is not self.pool:
-            return self.pool
-        try:
-            # Body bytes that arrived with the head come first.
-            if self.pos < len(self.inbuf):
-                # A copy (at most one head's worth): a view would pin inbuf.
-                used = self._consume(memoryview(bytes(self.inbuf[self.pos :])))
-                self.pos += used
-                if self.pos >= len(self.inbuf):
-                    self.inbuf.clear()
-                    self.pos = 0
-            buf = thread_buffer()
-            while not self._body_done():
-                want = len(buf) if self.chunks is not None else min(len(buf), self.remaining)
-                try:
-                    n = self.sock.recv_into(buf, want)
-                except BlockingIOError:
-                    return Next.READ
-                except OSError as e:
-                    return self._abort_put(e.strerror)
-                if n == 0:
-                    return self._abort_put("premature EOF")
-                used = self._consume(buf[:n])
-                if used < n:  # the next request, pipelined after a chunked body
-                    self.inbuf += buf[used:n]
-        except HttpError as e:
-            self._discard_tmp()
-            return self._fail(e.status)
-        except OSError as e:
-            log.error(f"pwrite() to {self.req.path} failed at offset: {self.offset}: {e.strerror}")
-            self._discard_tmp()
-            return self._fail(_put_status(e.errno))
-        return self._commit()
-
-    def _body_done(self) -> bool:
-        return self.chunks.done if self.chunks is not None else self.remaining == 0
-
-    def _consume(self, data: memoryview) -> int:
-        """Write body bytes from ``data``; return how many belonged to the body."""
-        chunks = self.chunks
-        if chunks is None:
-            n = min(len(data), self.remaining)
-            self._write(data[:n])
-            self.remaining -= n
-            return n
-        used = 0
-        while not chunks.done:
-            n, piece = chunks.decode(data[used:])
-            if n == 0:
-                break
-            used += n
-            if piece is not None:
-                self._write(piece)
-        return used
-
-    def _write(self, data: memoryview) -> None:
-        if self.md5 is not None:
-            self.md5.update(data)
-        while data:
-            n = os.pwrite(self.file, data, self.offset)
-            if n == 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            self.offset += n
-            self.written += n
-            data = data[n:]
-
-    def _abort_put(self, why: str) -> Next:
-        """The client went away mid-body: no response, no file (§1.8)."""
-        req = self.req
-        try:
-            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-            (last_recv,) = struct.unpack_from("I", info, _LAST_DATA_RECV)
-        except OSError:
-            last_recv = 0
-        done = self.offset if req.content_range else self.written
-        log.error(f"PUT {req.path} failed from {self.peer} after {done} bytes: {why}")
-        log.error(f"last_data_recv={last_recv}ms from {self.peer} for PUT {req.path}")
-        self._discard_tmp()
-        return Next.CLOSE
-
-    def _discard_tmp(self) -> None:
-        if self.tmpname is not None and self.dirfd >= 0:
-            try:
-                os.unlink(self.tmpname, dir_fd=self.dirfd)
-            except OSError as e:
-                log.error(f"Failed to unlink {self.tmpname} (in {self.svc.docroot.path}): {e.strerror}")
-            self.tmpname = None
-        self._release_file()
-
-    def _commit(self) -> "Next | IoPool":
-        req = self.req
-        if self.md5 is not None:
-            expected = self.chunks.trailer_md5 if self.chunks is not None and self.chunks.trailer_md5 else req.content_md5
-            if expected != self.md5.digest():
-                self._discard_tmp()  # mismatch keeps the connection (§3.6.4)
-                return self._respond(error_head(400, req.keepalive))
-        try:
-            os.fchmod(self.file, _PUT_MODE)
-        except OSError as e:
-            log.error(f"fchmod() failed: {e.strerror}")
-            self._discard_tmp()
-            return self._fail(500)
-        if self.tmpname is not None:
-            name = self.rel.rpartition("/")[2]
-            try:
-                os.rename(self.tmpname, name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
-            except OSError as e:
-                log.error(f"renameat({self.tmpname} => {name}) failed: {e.strerror}")
-                self._discard_tmp()
-                return self._fail(500)
-            self.tmpname = None
-        self.svc.on_change(self.rel)
-        return self._respond(error_head(201, req.keepalive))
-
-    # -- DELETE (device pool) --------------------------------------------
-    def _delete(self, pool: "IoPool | None") -> "Next | IoPool":
-        keep = self.req.keepalive
-        if "/" not in self.rel:  # the device directory itself, or a top-level entry
-            return self._respond(error_head(403, keep))
-        try:
-            self.dirfd, name = self.svc.docroot.open_parent(self.rel)
-            if not name:  # "devN/dir/": what opened as a directory is the target (EISDIR)
-                return self._respond(error_head(403, keep))
-            _refuse_symlink(self.dirfd, name)
-            os.unlink(name, dir_fd=self.dirfd)
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                status = 404
-            elif e.errno in (errno.EPERM, errno.EISDIR, errno.EACCES, errno.ELOOP):
-                status = 403
-            else:
-                status = 500
-            return self._respond(error_head(status, keep))
-        self.svc.on_change(self.rel)
-        return self._respond(error_head(204, keep))

@@ -1,8 +1,16 @@
 """One sidechannel connection as a state machine driven by the event core.
 
 Commands run strictly one at a time per connection, answers in order.  ``size``
-and digests touch a disk, so they run in the I/O pool of the device the path
-names; everything else is answered on the epoll worker.
+and digests touch a disk, so they are states with ``on_pool``: the event core
+runs them in the I/O pool of the device the path names; everything else is
+answered on the epoll worker.  The states, listed in :data:`STATES`:
+
+    READING        lines in, answers out, commands run      (any thread)
+    SIZING         ``size``: one stat                       (device pool)
+    OPENING        a digest's file                          (device pool)
+    DIGESTING      hash a slice per step                    (device pool)
+    FSCK_WAITING   parked in the fsck queue of its filesystem (nowhere)
+    WATCHING       ``watch``: input read and ignored        (any thread)
 """
 from __future__ import annotations
 
@@ -10,18 +18,16 @@ import hashlib
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Callable
 
 from mogstored import log
-from mogstored.event.core import Next
-from mogstored.store.fsck import low_io_priority
-from mogstored.store.iopool import thread_buffer
+from mogstored.event.step import Next, Pool, State
 from mogstored.mgmt.parser import (
     BAD_PATH_REPLY,
     BLANK_REPLY,
     AioThreads,
     BadPath,
     Blank,
+    Command,
     Digest,
     LineBuffer,
     LineTooLong,
@@ -36,57 +42,92 @@ from mogstored.mgmt.parser import (
     size_reply,
     unknown_reply,
 )
+from mogstored.node import ServiceContext
+from mogstored.store.fsck import low_io_priority
+from mogstored.store.iopool import thread_buffer
 
-if TYPE_CHECKING:
-    from mogstored.store.iopool import IoPool
-    from mogstored.node import ServiceContext
-
-Step = Callable[["IoPool | None"], "Next | IoPool"]
+READING = State("reading", on_pool=False)
+SIZING = State("sizing", on_pool=True)
+OPENING = State("opening", on_pool=True)
+DIGESTING = State("digesting", on_pool=True)
+FSCK_WAITING = State("fsck-waiting", on_pool=True)
+WATCHING = State("watching", on_pool=False)
+STATES = (READING, SIZING, OPENING, DIGESTING, FSCK_WAITING, WATCHING)
 
 DIGEST_SLICE = 8 << 20  # bytes hashed per scheduling step before yielding
 _ALGS = {"MD5": hashlib.md5, "SHA-1": hashlib.sha1}
+_NO_COMMAND = Size("")  # between commands
 
 
-class MgmtClient:
+class _Digest:
+    """One digest command in progress: its file, hash and position."""
+
+    __slots__ = ("cmd", "file", "hasher", "offset")
+
+    def __init__(self, cmd: Digest, file: int) -> None:
+        self.cmd = cmd
+        self.file = file
+        self.hasher = _ALGS[cmd.alg]()
+        self.offset = 0
+
+    def close(self) -> None:
+        if self.file >= 0:
+            os.close(self.file)
+            self.file = -1
+
+
+_NO_DIGEST = _Digest(Digest("MD5", "", None), -1)
+
+
+class MgmtConnection:
     """A client of the sidechannel listener."""
 
     expirable = False  # trackers' sidechannel connections are never expired (§3.10)
 
-    __slots__ = ("sock", "fd", "svc", "lines", "out", "eof", "_state", "cmd", "pool", "file", "hasher", "offset",
-                 "fsck_dev")
+    __slots__ = ("sock", "fd", "svc", "lines", "out", "eof", "state", "pool", "cmd", "digest", "fsck_dev")
 
-    def __init__(self, sock: socket.socket, svc: "ServiceContext") -> None:
+    def __init__(self, sock: socket.socket, svc: ServiceContext) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.svc = svc
         self.lines = LineBuffer()
         self.out = bytearray()
         self.eof = False
-        self._state: Step = self._read
-        self.cmd: Size | Digest | None = None
-        self.pool: IoPool | None = None
-        self.file = -1
-        self.hasher = None
-        self.offset = 0
+        self.state = READING
+        self.pool: Pool = svc.ioq.shared  # the current command's device pool
+        self.cmd: Size | Digest = _NO_COMMAND  # the command a pool state works on
+        self.digest = _NO_DIGEST  # of the digest command in DIGESTING
         self.fsck_dev: int | None = None  # filesystem whose fsck slot we hold
 
     # -- event core interface --------------------------------------------
-    def step(self, pool: "IoPool | None") -> "Next | IoPool":
-        return self._state(pool)
+    def step(self, pool: Pool | None) -> Next:
+        state = self.state
+        if state is READING:
+            return self._read()
+        if state is SIZING:
+            return self._size()
+        if state is OPENING:
+            return self._open_digest()
+        if state is WATCHING:
+            return self._watching()
+        if state is FSCK_WAITING:
+            self.state = DIGESTING
+        return self._digest()
 
     def idle(self) -> bool:
-        return self._state == self._read and not self.out and not self.lines.pending()
+        return self.state is READING and not self.out and not self.lines.pending()
 
     def close(self) -> None:
-        if self.fsck_dev is not None:  # our slot goes to the next in line
-            self.svc.fsck.leave(self.fsck_dev)
-            self.fsck_dev = None
-        self._close_file()
+        self._release()
         self.svc.watchers.discard(self)
         self.sock.close()
 
-    # -- reading and running commands --------------------------------------
-    def _read(self, pool: "IoPool | None") -> "Next | IoPool":
+    def resume(self) -> None:
+        """Our turn in the fsck queue of this filesystem."""
+        self.pool.submit(self)
+
+    # -- READING -----------------------------------------------------------
+    def _read(self) -> Next:
         while True:
             if self.out and (nxt := self._flush()) is not None:
                 return nxt
@@ -100,7 +141,7 @@ class MgmtClient:
                 if nxt is not None:
                     return nxt
                 continue
-            if self.eof or (self.svc.server.quitting and not self.lines.pending()):
+            if self.eof or (self.svc.process.quitting and not self.lines.pending()):
                 return Next.CLOSE
             try:
                 data = self.sock.recv(4096)
@@ -114,14 +155,13 @@ class MgmtClient:
                 continue
             self.lines.feed(data)
 
-    def _run(self, cmd) -> "Next | IoPool | None":
+    def _run(self, cmd: Command) -> Next | None:
         """Answer one command; a return value means "not finished here"."""
         if isinstance(cmd, (Size, Digest)):
             self.cmd = cmd
-            path = cmd.path
-            self.pool = self.svc.ioq.for_path(self.svc.docroot.path, path)
-            self._state = self._stat if isinstance(cmd, Size) else self._open_digest
-            return self.pool
+            self.pool = self.svc.ioq.for_path(self.svc.docroot.path, cmd.path)
+            self.state = SIZING if isinstance(cmd, Size) else OPENING
+            return Next.RUN  # the core hops to the pool
         if isinstance(cmd, Blank):
             self.out += BLANK_REPLY
         elif isinstance(cmd, BadPath):
@@ -129,17 +169,16 @@ class MgmtClient:
         elif isinstance(cmd, Unknown):
             self.out += unknown_reply(cmd.token)
         elif isinstance(cmd, AioThreads):
-            self.svc.server.set_aio_threads(cmd.n)
+            self.svc.process.set_aio_threads(cmd.n)
             self.out += BLANK_REPLY
         elif isinstance(cmd, Shutdown):
-            self.svc.server.request_shutdown()
+            self.svc.process.request_shutdown()
         elif isinstance(cmd, Watch):
-            server = self.svc.server
-            if server.iostat is None or not server.iostat.running:
+            if not self.svc.process.iostat_running():
                 log.error("iostat(1) not available/running")
             self.svc.watchers.add(self)
-            server.request_usage_pass()
-            self._state = self._watching
+            self.svc.process.request_usage_pass()
+            self.state = WATCHING
             return Next.READ
         return None
 
@@ -164,22 +203,21 @@ class MgmtClient:
         return Next.CLOSE
 
     def _done(self, reply: bytes) -> Next:
-        if self.fsck_dev is not None:
-            self.svc.fsck.leave(self.fsck_dev)
-            self.fsck_dev = None
-        self._close_file()
+        self._release()
         self.out += reply
-        self.cmd = None
-        self._state = self._read
+        self.cmd = _NO_COMMAND
+        self.state = READING
         return Next.ACTIVE
 
-    def _close_file(self) -> None:
-        if self.file >= 0:
-            os.close(self.file)
-            self.file = -1
+    def _release(self) -> None:
+        if self.fsck_dev is not None:  # our slot goes to the next in line
+            self.svc.fsck.leave(self.fsck_dev)
+            self.fsck_dev = None
+        self.digest.close()
+        self.digest = _NO_DIGEST
 
-    # -- disk work (device pool) ------------------------------------------
-    def _stat(self, pool: "IoPool | None") -> Next:
+    # -- SIZING, DIGESTING (device pool) ------------------------------------------
+    def _size(self) -> Next:
         path = self.cmd.path
         try:
             size = self.svc.docroot.stat(resolve_path(path)).st_size
@@ -187,59 +225,50 @@ class MgmtClient:
             size = -1
         return self._done(size_reply(path, size))
 
-    def _open_digest(self, pool: "IoPool | None") -> "Next | IoPool":
+    def _open_digest(self) -> Next:
         cmd = self.cmd
+        assert isinstance(cmd, Digest)  # OPENING follows a Digest command
         try:
             # O_NONBLOCK: opening a FIFO must not hang a pool thread (regular files ignore it).
-            self.file = self.svc.docroot.open(resolve_path(cmd.path), os.O_RDONLY | os.O_NONBLOCK)
+            file = self.svc.docroot.open(resolve_path(cmd.path), os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return self._done(digest_reply(cmd.path, cmd.alg, None))
-        self.hasher = _ALGS[cmd.alg]()
-        self.offset = 0
-        self._state = self._digest
+        self.digest = _Digest(cmd, file)
+        self.state = DIGESTING
         if cmd.reason == "fsck":
-            st_dev = os.fstat(self.file).st_dev
-            if not self.svc.fsck.enter(st_dev, self):
-                self._state = self._fsck_turn
-                self.fsck_dev = st_dev
-                return Next.PARKED  # resume() is called when our turn comes
+            st_dev = os.fstat(file).st_dev
             self.fsck_dev = st_dev
-        return self._digest(pool)
+            self.state = FSCK_WAITING  # before enter(): resume() may come at once
+            if not self.svc.fsck.enter(st_dev, self):
+                return Next.PARKED  # resume() is called when our turn comes
+            self.state = DIGESTING
+        return self._digest()
 
-    def resume(self) -> None:
-        """Our turn in the fsck queue of this filesystem."""
-        self.pool.submit(self)
-
-    def _fsck_turn(self, pool: "IoPool | None") -> "Next | IoPool":
-        self._state = self._digest
-        return self._digest(pool)
-
-    def _digest(self, pool: "IoPool | None") -> "Next | IoPool":
-        if pool is not self.pool:
-            return self.pool
-        if self.fsck_dev is not None and not self.svc.server.quitting:
+    def _digest(self) -> Next:
+        digest = self.digest
+        if self.fsck_dev is not None and not self.svc.process.quitting:
             with low_io_priority():
-                return self._hash_slice()
-        return self._hash_slice()
+                return self._hash_slice(digest)
+        return self._hash_slice(digest)
 
-    def _hash_slice(self) -> Next:
+    def _hash_slice(self, digest: _Digest) -> Next:
         buf = thread_buffer()
-        update = self.hasher.update
+        update = digest.hasher.update
         done = 0
         while done < DIGEST_SLICE:
             try:
-                n = os.readv(self.file, [buf])
+                n = os.readv(digest.file, [buf])
             except OSError:
-                return self._done(read_error_reply(self.cmd.path, self.offset))
+                return self._done(read_error_reply(digest.cmd.path, digest.offset))
             if n == 0:
-                return self._done(digest_reply(self.cmd.path, self.cmd.alg, self.hasher.hexdigest()))
+                return self._done(digest_reply(digest.cmd.path, digest.cmd.alg, digest.hasher.hexdigest()))
             update(buf[:n])
-            self.offset += n
+            digest.offset += n
             done += n
         return Next.ACTIVE  # a long file: let others in, then continue
 
-    # -- watch --------------------------------------------------------------
-    def _watching(self, pool: "IoPool | None") -> Next:
+    # -- WATCHING -------------------------------------------------------------
+    def _watching(self) -> Next:
         """Write-only from now on: input is read and ignored until EOF."""
         while True:
             try:

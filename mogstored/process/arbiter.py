@@ -17,12 +17,11 @@ import signal
 import time
 
 from mogstored import log
+from mogstored.config.options import Service
+from mogstored.node import write_usage_now
 from mogstored.process.board import LoadBoard
-from mogstored.config.cli import Service
-from mogstored.event.core import Acceptor
-from mogstored.process.server import Listener, Server
-from mogstored.process.signals import LIFECYCLE_SIGNALS
-from mogstored.node import ServiceContext
+from mogstored.process.server import Listener, serve
+from mogstored.process.signals import LIFECYCLE_SIGNALS, STOP_SIGNAL, STOP_SIGNALS, UPGRADE_SIGNAL
 from mogstored.process.upgrade import Upgrade
 
 FORK_RETRY = 10.0  # seconds after a failed fork
@@ -59,16 +58,16 @@ class Arbiter:
             if self.quitting:
                 if not self.workers:
                     return 0
-                self.signal_workers(signal.SIGQUIT)
+                self.signal_workers(STOP_SIGNAL)
             else:
                 self.retry_forks()
 
     def handle(self, sig: int) -> None:
-        if sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
+        if sig in STOP_SIGNALS:
             self.quitting = True
             for lst in self.listeners:  # no more respawns: new connections are refused
                 lst.sock.close()
-        elif sig == signal.SIGUSR2 and not self.quitting:
+        elif sig == UPGRADE_SIGNAL and not self.quitting:
             self.upgrade.start()
         # SIGCHLD: reaped right after; USR1, HUP, WINCH: no-ops, as in cmogstored
 
@@ -125,41 +124,14 @@ class Arbiter:
         """In the forked child: become a complete single-process server."""
         try:
             self.board.index = index
-            Acceptor.board = self.board
-            server = Server(self.listeners, self.nworkers, self.iostat)
-            server.master_pid = self.pid
-            server.install_signals()
-            server.usage_pass(now=True)  # device table; the files exist already
-            server.start()
-            return server.run()
+            return serve(self.listeners, self.nworkers, self.iostat, master_pid=self.pid, board=self.board)
         except BaseException as e:  # never return into the master's code
             log.error(f"worker died: {e!r}")
             return 1
-
-
-class _NoPools:
-    """Device I/O pools as the master's usage pass needs them: not at all (a
-    pass with ``now=True`` runs inline), and real ones would start threads."""
-
-    def set_devices(self, docroot: str, devids: set[int]) -> None:
-        pass
-
-    def for_path(self, docroot: str, path: str) -> None:
-        return None
-
-
-class _Inline:
-    """What a ServiceContext needs of its server for one inline usage pass."""
-
-    ioq = _NoPools()
-    fsck = None
 
 
 def first_usage_pass(services: list[Service]) -> None:
     """§1.5: every usage file exists before any worker answers, written
     without starting a thread in the master."""
     for service in services:
-        ctx = ServiceContext(service, _Inline())  # type: ignore[arg-type]
-        ctx.scan()
-        ctx.usage_pass(now=True)
-        os.close(ctx.docroot.fd)
+        write_usage_now(service)

@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Mapping, Sequence
 
 from mogstored import log
-from mogstored.config.file import StartupError
+from mogstored.config.options import StartupError
 
 DEFAULT_MAXCONNS = 10000
 _NOFILE_STEP = 64

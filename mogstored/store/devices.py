@@ -15,6 +15,19 @@ MAX_DEVID = 0xFFFFFF  # MySQL MEDIUMINT limit of the tracker's devid column (§2
 _DEV_NAME = re.compile(r"dev([0-9]+)", re.ASCII)
 
 
+def devid_of(name: str) -> int | None:
+    """N of a ``devN`` name (``dev01`` included); None for any other name."""
+    m = _DEV_NAME.fullmatch(name)
+    return None if m is None else int(m[1])
+
+
+def device_of_path(path: str) -> int | None:
+    """The devid a request path starts with (``/dev3/...``; sidechannel paths may start with ``//``)."""
+    if not path.startswith("/"):
+        return None
+    return devid_of(path.lstrip("/").partition("/")[0])
+
+
 def scan_devices(docroot: str) -> dict[int, str]:
     """Map devid → ``<docroot>/dev<N>`` for every usable device directory (§2.1).
 
@@ -24,11 +37,8 @@ def scan_devices(docroot: str) -> dict[int, str]:
     found: dict[int, str] = {}
     with os.scandir(docroot) as it:
         for entry in it:
-            m = _DEV_NAME.fullmatch(entry.name)
-            if m is None:
-                continue
-            devid = int(m[1])
-            if devid > MAX_DEVID or devid in found:
+            devid = devid_of(entry.name)
+            if devid is None or devid > MAX_DEVID or devid in found:
                 continue
             path = os.path.join(docroot, f"dev{devid}")
             if os.path.isdir(path):
@@ -155,8 +165,9 @@ def format_usage(u: Usage) -> bytes:
     ))
 
 
-def _umask() -> int:
-    """Current umask without os.umask's set-and-restore race against other threads."""
+def umask() -> int:
+    """The process umask, read without os.umask's set-and-restore (which races
+    against threads creating files meanwhile)."""
     try:
         with open("/proc/self/status", "rb") as f:
             for line in f:
@@ -188,7 +199,7 @@ def write_usage(devdir: str, u: Usage) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fchmod(fd, 0o666 & ~_umask())
+            os.fchmod(fd, 0o666 & ~umask())
         finally:
             os.close(fd)
         os.rename(tmp, os.path.join(devdir, "usage"))

@@ -12,22 +12,22 @@ import ctypes
 import errno
 import os
 import platform
-import re
+
+from mogstored.libc import libc
+from mogstored.store.devices import devid_of
 
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
 _RESOLVE = _RESOLVE_NO_MAGICLINKS | _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH
-_DEV_NAME = re.compile(r"dev\d+\Z")
 
 
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
+_syscall = libc.syscall
 _syscall.restype = ctypes.c_long
 _syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
 _HOW_SIZE = ctypes.sizeof(_OpenHow)
@@ -85,7 +85,7 @@ class Docroot:
             if e.errno != errno.ELOOP:
                 raise
             dev, _, rest = rel.partition("/")
-            if not _DEV_NAME.match(dev):
+            if devid_of(dev) is None:
                 raise
             # devN itself may be a symlink: follow it, then nothing below.
             if not rest:

@@ -4,11 +4,13 @@ crowds out ordinary reads on the same disks."""
 from __future__ import annotations
 
 import collections
-import ctypes
 import platform
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import Iterator
+
+from mogstored.event.step import Parked
+from mogstored.libc import libc
 
 _IOPRIO_SYSCALLS = {"x86_64": (251, 252), "aarch64": (30, 31)}.get(platform.machine())
 _IOPRIO_WHO_PROCESS = 1  # with a thread id: just that thread
@@ -17,11 +19,6 @@ _IOPRIO_CLASS_BE = 2
 _IOPRIO_CLASS_SHIFT = 13
 _LOWEST_BE = (_IOPRIO_CLASS_BE << _IOPRIO_CLASS_SHIFT) | 7
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class Parked(Protocol):
-    def resume(self) -> None: ...
 
 
 class FsckQueues:
@@ -61,12 +58,12 @@ def low_io_priority() -> Iterator[None]:
         return
     set_nr, get_nr = _IOPRIO_SYSCALLS
     tid = threading.get_native_id()
-    old = _libc.syscall(get_nr, _IOPRIO_WHO_PROCESS, tid)
+    old = libc.syscall(get_nr, _IOPRIO_WHO_PROCESS, tid)
     lowered = old >= 0 and (old >> _IOPRIO_CLASS_SHIFT) in (_IOPRIO_CLASS_NONE, _IOPRIO_CLASS_BE)
     if lowered:
-        _libc.syscall(set_nr, _IOPRIO_WHO_PROCESS, tid, _LOWEST_BE)
+        libc.syscall(set_nr, _IOPRIO_WHO_PROCESS, tid, _LOWEST_BE)
     try:
         yield
     finally:
         if lowered:
-            _libc.syscall(set_nr, _IOPRIO_WHO_PROCESS, tid, old)
+            libc.syscall(set_nr, _IOPRIO_WHO_PROCESS, tid, old)

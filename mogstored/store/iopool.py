@@ -1,29 +1,28 @@
 """Per-device I/O thread pools: blocking file-system work off the event core.
 
-A client whose next step touches a disk is parked in the pool of that device
-(its step returned the pool).  A pool thread runs the step; the result goes back
-to the event queue with EPOLL_CTL_MOD, or to another pool.  A slow or failing
+A client whose next state touches a disk (``State.on_pool``) is parked by the
+event core in the pool of that device.  A pool thread runs the step through
+the core's ``run``; the result goes back to the event queue with EPOLL_CTL_MOD.  A slow or failing
 disk therefore only ever ties up its own pool's threads: clients of other
 devices keep their threads, and no epoll worker ever waits for a disk.
 """
 from __future__ import annotations
 
 import collections
-import re
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from mogstored import log
-from mogstored.event.core import Next
-
-if TYPE_CHECKING:
-    from mogstored.event.core import Client, EventQueue
+from mogstored.event.step import Client
+from mogstored.event.threads import ThreadSet
+from mogstored.store.devices import device_of_path
 
 BUFFER_SIZE = 1 << 20
 DEFAULT_THREADS = 10  # per device, like Perlbal's per-device AIO channels
 SHARED_THREADS = 4  # paths outside any device (/, /foo, sidechannel misc)
 MAX_THREADS = 100
 
+Run = Callable[[Client, "IoPool"], None]  # the event core's EventQueue.run
 
 _local = threading.local()
 
@@ -38,34 +37,32 @@ def thread_buffer() -> memoryview:
 
 
 class Task:
-    """Plain work for a pool (a usage-file pass), run like a client's step."""
+    """Plain work for a pool (a usage-file pass): not a client, nothing to requeue."""
 
-    fd = -1
+    __slots__ = ("fn",)
 
     def __init__(self, fn: Callable[[], None]) -> None:
         self.fn = fn
 
-    def step(self, pool: "IoPool | None") -> Next:
+    def run(self) -> None:
         try:
             self.fn()
         except Exception as e:  # not a connection: nothing to close, the thread lives on
             log.error(f"task {self.fn!r} failed: {e!r}")
-        return Next.PARKED
 
 
 class IoPool:
     """A FIFO of parked clients and the threads that run their steps."""
 
-    def __init__(self, name: str, queue: "EventQueue", nthreads: int) -> None:
+    def __init__(self, name: str, run: Run, nthreads: int) -> None:
         self.name = name
-        self.queue = queue
+        self.run = run
         self._jobs: collections.deque[Client | Task] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
-        self._threads: set[threading.Thread] = set()
-        self._excess = 0
-        self.resize(nthreads)
+        self._threads = ThreadSet(f"io:{name}", self._loop, self._cond, self._cond.notify)
+        self._threads.resize(nthreads)
 
-    def submit(self, client: "Client | Task") -> None:
+    def submit(self, client: Client | Task) -> None:
         with self._cond:
             self._jobs.append(client)
             self._cond.notify()
@@ -73,67 +70,45 @@ class IoPool:
     def call(self, fn: Callable[[], None]) -> None:
         self.submit(Task(fn))
 
-    @property
-    def nthreads(self) -> int:
-        with self._cond:
-            return len(self._threads) - self._excess
-
     def resize(self, n: int) -> None:
-        with self._cond:
-            have = len(self._threads) - self._excess
-            if n > have:
-                take_back = min(self._excess, n - have)
-                self._excess -= take_back
-                for _ in range(n - have - take_back):
-                    t = threading.Thread(target=self._loop, name=f"io:{self.name}", daemon=True)
-                    self._threads.add(t)
-                    t.start()
-            elif n < have:
-                self._excess += have - n
-                self._cond.notify(have - n)
+        self._threads.resize(n)
 
     def stop(self, timeout: float = 5.0) -> None:
-        with self._cond:
-            threads = list(self._threads)
-        self.resize(0)
-        for t in threads:
-            t.join(timeout)
+        self._threads.stop(timeout)
 
     def _loop(self) -> None:
-        me = threading.current_thread()
         jobs = self._jobs
         cond = self._cond
-        run = self.queue.run
+        threads = self._threads
+        run = self.run
         while True:
             with cond:
-                while not jobs and self._excess == 0:
+                while not jobs and threads.excess == 0:
                     cond.wait()
-                if self._excess > 0 and not jobs:
-                    self._excess -= 1
-                    self._threads.discard(me)
+                if not jobs and threads.leave():
                     return
-                client = jobs.popleft()
-            run(client, self)
-
-
-_DEV_RE = re.compile(r"/+dev(\d+)(?:/|$)")  # sidechannel paths may start with //
+                job = jobs.popleft()
+            if type(job) is Task:
+                job.run()
+            else:
+                run(job, self)  # type: ignore[arg-type]
 
 
 class IoQueues:
     """The pools of one process: one per known device plus a shared one."""
 
-    def __init__(self, queue: "EventQueue", per_device: int = DEFAULT_THREADS) -> None:
-        self.queue = queue
+    def __init__(self, run: Run, per_device: int = DEFAULT_THREADS) -> None:
+        self.run = run
         self.per_device = per_device
-        self.shared = IoPool("shared", queue, SHARED_THREADS)
+        self.shared = IoPool("shared", run, SHARED_THREADS)
         self._pools: dict[tuple[str, int], IoPool] = {}
         self._lock = threading.Lock()
 
     def for_path(self, docroot: str, path: str) -> IoPool:
         """The pool for a request path like ``/dev3/0/000/000/0000000001.fid``."""
-        m = _DEV_RE.match(path)
-        if m is not None:
-            pool = self._pools.get((docroot, int(m.group(1))))
+        devid = device_of_path(path)
+        if devid is not None:
+            pool = self._pools.get((docroot, devid))
             if pool is not None:
                 return pool
         return self.shared
@@ -145,7 +120,7 @@ class IoQueues:
             for devid in devids:
                 key = (docroot, devid)
                 if key not in self._pools:
-                    self._pools[key] = IoPool(f"dev{devid}", self.queue, self.per_device)
+                    self._pools[key] = IoPool(f"dev{devid}", self.run, self.per_device)
 
     def resize(self, per_device: int) -> None:
         with self._lock:

@@ -7,7 +7,6 @@ from the pipe; every completed report is one `watch` broadcast.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import re
@@ -18,20 +17,20 @@ import time
 from typing import Callable
 
 from mogstored import log
+from mogstored.libc import libc
 from mogstored.store.devices import Mount
 
 DEFAULT_COMMAND = "iostat -dx 1 30"
 RETRY_DELAY = 10.0
 MIN_RUN = 1.0  # a command that exits 0 at once is not restarted in a tight loop
 _PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _die_with_parent(parent: int) -> None:
     """In the child: SIGTERM when our parent dies, even by SIGKILL, so no
     iostat is ever left orphaned (the Perl mogstored leaves them).  A parent
     that died before the prctl took effect would never send it: check."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         os._exit(1)
 

@@ -206,5 +206,5 @@ def test_write_usage_missing_devdir(tmp_path):
 
 
 def test_umask_read_without_changing_it(umask027):
-    assert devices._umask() == 0o027
+    assert devices.umask() == 0o027
     assert os.umask(0o027) == 0o027

@@ -1,28 +1,29 @@
-"""MgmtClient steps driven directly over a socketpair, with a stub service."""
+"""MgmtConnection steps driven directly over a socketpair, with a stub service."""
 from __future__ import annotations
 
 import socket
 from types import SimpleNamespace
 
-from mogstored.event.core import Next
-from mogstored.mgmt.connection import MgmtClient
+from mogstored.event.step import Next
+from mogstored.mgmt.connection import MgmtConnection
 
 POOL = object()  # stands in for a device I/O pool
 
 
-def client_pair() -> tuple[MgmtClient, socket.socket]:
+def client_pair() -> tuple[MgmtConnection, socket.socket]:
     ours, peer = socket.socketpair()
     ours.setblocking(False)
     svc = SimpleNamespace(docroot=SimpleNamespace(path="/nonexistent"), watchers=set(),
-                          ioq=SimpleNamespace(for_path=lambda docroot, path: POOL),
-                          server=SimpleNamespace(quitting=False))
-    return MgmtClient(ours, svc), peer
+                          ioq=SimpleNamespace(for_path=lambda docroot, path: POOL, shared=None),
+                          process=SimpleNamespace(quitting=False))
+    return MgmtConnection(ours, svc), peer
 
 
 def test_commands_run_until_a_disk_step() -> None:
     c, peer = client_pair()
     peer.sendall(b"\r\nhello\nMD5 /dev1/x\r\n")
-    assert c.step(None) is POOL
+    assert c.step(None) is Next.RUN
+    assert c.state.on_pool and c.pool is POOL  # the core hops to the device pool
     assert peer.recv(100) == b"\r\nERROR: unknown command: hello\r\n"
     c.close()
 
