@@ -6,14 +6,14 @@ from mogstored.process import signals
 
 signals.hold()  # before the imports below, which take most of start-up
 
-import os  # noqa: E402
-import sys  # noqa: E402
+import os
+import sys
 
 from mogstored import log
 from mogstored.config import listeners
-from mogstored.process.arbiter import Arbiter, first_usage_pass
 from mogstored.config.cli import EarlyExit, UsageError, load_options
 from mogstored.config.options import Options, StartupError
+from mogstored.process.arbiter import Arbiter, first_usage_pass
 from mogstored.process.daemon import Pidfile, daemonize, raise_nofile
 from mogstored.process.server import Listener, serve
 from mogstored.process.upgrade import Upgrade

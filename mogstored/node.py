@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from mogstored import log
 from mogstored.config.options import Service
@@ -118,7 +119,7 @@ def write_usage_now(service: Service) -> None:
 class Device:
     """One ``devN`` directory and what the node knows of it."""
 
-    __slots__ = ("devid", "path", "st_dev", "pool", "usage", "stale", "refreshing")
+    __slots__ = ("devid", "path", "pool", "refreshing", "st_dev", "stale", "usage")
 
     def __init__(self, devid: int, path: str, st_dev: int, pool: IoPool) -> None:
         self.devid = devid

@@ -10,11 +10,17 @@ import errno
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 from mogstored import __version__
-from mogstored.config.file import ConfigFile, Warn, check_server, parse_listen, read_config
+from mogstored.config.file import (
+    ConfigFile,
+    Warn,
+    check_server,
+    parse_listen,
+    read_config,
+)
 from mogstored.config.options import Listen, Options, Service, StartupError
 from mogstored.process.daemon import DEFAULT_MAXCONNS, validate_daemonize
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Mapping
+from collections.abc import Mapping
 
 from mogstored import log
 from mogstored.config.options import Listen, StartupError

@@ -15,7 +15,8 @@ import signal
 import socket
 import threading
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from mogstored.event.core import EventQueue
 from mogstored.event.step import Client

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import select
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from mogstored import log
 from mogstored.event.step import Client, Next, Pool
@@ -64,7 +64,7 @@ class EventQueue:
                 nxt = client.step(pool)
                 if nxt is not Next.RUN:
                     break
-        except Exception as e:  # a bug must cost one connection, not a thread
+        except Exception as e:  # noqa: BLE001  # a bug must cost one connection, not a thread
             log.error(f"client fd={client.fd} failed: {e!r}")
             nxt = Next.CLOSE
         if nxt is Next.READ:
@@ -88,7 +88,7 @@ class EventQueue:
         self.clients.pop(client.fd, None)
         try:
             client.close()
-        except Exception as e:  # called from worker and pool threads: they must live on
+        except Exception as e:  # noqa: BLE001  # worker and pool threads must live on
             log.error(f"closing fd={client.fd} failed: {e!r}")
         self.on_close()
 

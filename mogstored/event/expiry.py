@@ -17,7 +17,8 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Iterable, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable
+from typing import NamedTuple, TypeVar
 
 from mogstored import log
 from mogstored.event.step import Client
@@ -94,7 +95,7 @@ class Expiry:
         """Acceptor hook: log a failed accept4; if out of descriptors, expire
         idle clients and pause before the retry (the log and the scan happen
         at most once a second)."""
-        report = lambda: log.error(f"accept4() failed with: {e.strerror}")  # noqa: E731
+        report = lambda: log.error(f"accept4() failed with: {e.strerror}")
         if e.errno not in STARVED:
             report()
             return

@@ -36,6 +36,11 @@ class State:
         return f"<{self.name}{' (pool)' if self.on_pool else ''}>"
 
 
+def states(*names: str, on_pool: bool) -> tuple[State, ...]:
+    """Several states that run in the same place."""
+    return tuple(State(name, on_pool) for name in names)
+
+
 class Pool(Protocol):
     """Where a client is parked to run its next step (a device I/O pool)."""
 

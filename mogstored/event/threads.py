@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 
 class ThreadSet:
     """Grows by starting threads; shrinks by asking ``excess`` of them to leave,
     which each does the next time it calls :meth:`leave` (under ``lock``)."""
 
-    def __init__(self, name: str, target: Callable[[], None], lock: ContextManager[object],
+    def __init__(self, name: str, target: Callable[[], None], lock: AbstractContextManager[object],
                  wake: Callable[[int], None]) -> None:
         self.name = name
         self.target = target

@@ -14,11 +14,26 @@ import socket
 from mogstored.event.step import Next, Pool, State
 from mogstored.http.dav import DeleteTransfer
 from mogstored.http.get import GetTransfer
-from mogstored.http.parser import MAX_HEAD, HttpError, Request, check_put_framing, parse_head, resolve_range
+from mogstored.http.parser import (
+    MAX_HEAD,
+    HttpError,
+    Request,
+    check_put_framing,
+    parse_head,
+    resolve_range,
+)
 from mogstored.http.paths import refusal
 from mogstored.http.put import PutTransfer
 from mogstored.http.response import error_head, file_head, root_head
-from mogstored.http.states import ANSWERING, CREATING, DELETING, NO_TRANSFER, OPENING, READING, Transfer
+from mogstored.http.states import (
+    ANSWERING,
+    CREATING,
+    DELETING,
+    NO_TRANSFER,
+    OPENING,
+    READING,
+    Transfer,
+)
 from mogstored.node import ServiceContext
 
 _NOTHING = memoryview(b"")
@@ -29,8 +44,21 @@ class HttpConnection:
 
     expirable = True  # idle ones are shut down when descriptors run out (event/expiry.py)
 
-    __slots__ = ("sock", "fd", "svc", "get_only", "inbuf", "pos", "out", "eof", "state", "pool",
-                 "keepalive", "transfer", "peer")
+    __slots__ = (
+        "eof",
+        "fd",
+        "get_only",
+        "inbuf",
+        "keepalive",
+        "out",
+        "peer",
+        "pool",
+        "pos",
+        "sock",
+        "state",
+        "svc",
+        "transfer",
+    )
 
     def __init__(self, sock: socket.socket, svc: ServiceContext, get_only: bool) -> None:
         self.sock = sock
@@ -47,7 +75,8 @@ class HttpConnection:
         self.transfer: Transfer = NO_TRANSFER
         # Kept from the start: after a reset getpeername() fails, yet the log names the peer.
         try:
-            self.peer = "%s:%d" % sock.getpeername()[:2]
+            host, port = sock.getpeername()[:2]
+            self.peer = f"{host}:{port}"
         except OSError:
             self.peer = "?:0"
 

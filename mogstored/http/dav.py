@@ -26,7 +26,7 @@ def refuse_symlink(dirfd: int, name: str) -> None:
 class DeleteTransfer:
     """One DELETE, run in DELETING (the device pool)."""
 
-    __slots__ = ("conn", "rel", "keepalive")
+    __slots__ = ("conn", "keepalive", "rel")
 
     def __init__(self, conn: Connection, rel: str, keepalive: bool) -> None:
         self.conn = conn

@@ -8,10 +8,10 @@ import stat
 
 from mogstored import log
 from mogstored.event.step import Next, Pool
-from mogstored.http.parser import Request, resolve_range
+from mogstored.http.parser import resolve_range
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head, file_head
-from mogstored.http.states import SENDING, Connection
+from mogstored.http.states import SENDING, FileTransfer
 
 SENDFILE_CHUNK = 1 << 22
 SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
@@ -21,28 +21,13 @@ _GET_FLAGS = os.O_RDONLY | os.O_NONBLOCK
 _noatime = os.O_NOATIME
 
 
-class GetTransfer:
+class GetTransfer(FileTransfer):
     """One GET or HEAD: OPENING, then SENDING while body bytes remain."""
 
-    __slots__ = ("conn", "req", "rel", "file", "offset", "remaining")
-
-    def __init__(self, conn: Connection, req: Request, rel: str) -> None:
-        self.conn = conn
-        self.req = req
-        self.rel = rel
-        self.file = -1
-        self.offset = 0
-        self.remaining = 0
+    __slots__ = ("offset", "remaining")  # set by OPENING for SENDING
 
     def step(self, pool: Pool | None) -> Next:
-        if self.conn.state is SENDING:
-            return self._send()
-        return self._open()
-
-    def release(self) -> None:
-        if self.file >= 0:
-            os.close(self.file)
-            self.file = -1
+        return self._send() if self.conn.state is SENDING else self._open()
 
     def _open(self) -> Next:
         conn, req = self.conn, self.req

@@ -65,7 +65,9 @@ def _number(value: bytes, pos: int) -> tuple[int | None, int]:
     """Decimal digits at value[pos:] -> (number or None if no digit, end); >= 2^63 -> 507.
 
     Leading zeros are stripped first: they are legal and int() refuses > 4300 digits."""
-    end = _DIGITS.match(value, pos).end()
+    m = _DIGITS.match(value, pos)
+    assert m is not None  # [0-9]*+ matches anywhere
+    end = m.end()
     if end == pos:
         return None, end
     digits = value[pos:end].lstrip(b"0")
@@ -147,9 +149,8 @@ def _apply_header(req: Request, name: bytes, value: bytes) -> None:
         req.content_md5 = parse_md5(value)
     elif name == b"content-range":
         _content_range(req, value)
-    elif name == b"trailer":
-        if value[:11].lower() == b"content-md5":
-            req.trailer_md5 = True
+    elif name == b"trailer" and value[:11].lower() == b"content-md5":
+        req.trailer_md5 = True
 
 
 def _request_line(buf: bytes | bytearray, start: int, endpos: int) -> tuple[Request, int]:
@@ -285,7 +286,7 @@ class ChunkedDecoder:
     Everything handed to decode() is consumed into the decoder's state (except bytes after
     the final CRLF), so callers need not keep unconsumed input around."""
 
-    __slots__ = ("done", "trailer_md5", "_state", "_size", "_left", "_line", "_trailer_bytes")
+    __slots__ = ("_left", "_line", "_size", "_state", "_trailer_bytes", "done", "trailer_md5")
 
     def __init__(self) -> None:
         self.done = False
@@ -321,7 +322,9 @@ class ChunkedDecoder:
                 st = _ST_SIZE0
                 pos += 1
             elif st == _ST_SIZE0 or st == _ST_SIZE:
-                end = _HEX.match(buf, pos).end()
+                m = _HEX.match(buf, pos)
+                assert m is not None  # a possessive star matches anywhere
+                end = m.end()
                 if end == pos and st == _ST_SIZE0:
                     raise HttpError(400)  # garbage where a size is expected
                 if end > pos:

@@ -15,7 +15,7 @@ from mogstored.http.dav import refuse_symlink
 from mogstored.http.parser import ChunkedDecoder, HttpError, Request
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head
-from mogstored.http.states import RECEIVING, Connection
+from mogstored.http.states import RECEIVING, Connection, FileTransfer
 from mogstored.store.devices import umask
 from mogstored.store.fs import Docroot
 from mogstored.store.iopool import thread_buffer
@@ -23,17 +23,13 @@ from mogstored.store.iopool import thread_buffer
 _PUT_MODE = 0o666 & ~umask()
 
 
-class PutTransfer:
+class PutTransfer(FileTransfer):
     """One PUT: CREATING, then RECEIVING until the body is complete."""
 
-    __slots__ = ("conn", "req", "rel", "file", "dirfd", "tmpname", "offset", "remaining", "written",
-                 "md5", "chunks")
+    __slots__ = ("chunks", "dirfd", "md5", "offset", "remaining", "tmpname", "written")
 
     def __init__(self, conn: Connection, req: Request, rel: str) -> None:
-        self.conn = conn
-        self.req = req
-        self.rel = rel
-        self.file = -1
+        super().__init__(conn, req, rel)
         self.dirfd = -1
         self.tmpname: str | None = None  # None: writing the target itself (Content-Range)
         self.offset = req.content_range[0] if req.content_range else 0
@@ -44,14 +40,10 @@ class PutTransfer:
         self.remaining = 0 if req.chunked else req.content_length or 0
 
     def step(self, pool: Pool | None) -> Next:
-        if self.conn.state is RECEIVING:
-            return self._receive()
-        return self._open()
+        return self._receive() if self.conn.state is RECEIVING else self._open()
 
     def release(self) -> None:
-        if self.file >= 0:
-            os.close(self.file)
-            self.file = -1
+        super().release()
         if self.dirfd >= 0:
             os.close(self.dirfd)
             self.dirfd = -1

@@ -11,19 +11,17 @@
 """
 from __future__ import annotations
 
+import os
 import socket
 from typing import Protocol
 
-from mogstored.event.step import Next, Pool, State
+from mogstored.event.step import Next, Pool, State, states
+from mogstored.http.parser import Request
 from mogstored.node import ServiceContext
 
-READING = State("reading", on_pool=False)
-ANSWERING = State("answering", on_pool=False)
-OPENING = State("opening", on_pool=True)
-SENDING = State("sending", on_pool=True)
-CREATING = State("creating", on_pool=True)
-RECEIVING = State("receiving", on_pool=True)
-DELETING = State("deleting", on_pool=True)
+READING, ANSWERING = states("reading", "answering", on_pool=False)
+OPENING, SENDING, CREATING, RECEIVING, DELETING = states(
+    "opening", "sending", "creating", "receiving", "deleting", on_pool=True)
 STATES = (READING, ANSWERING, OPENING, SENDING, CREATING, RECEIVING, DELETING)
 
 
@@ -48,6 +46,23 @@ class _NoTransfer:
 
 
 NO_TRANSFER: Transfer = _NoTransfer()
+
+
+class FileTransfer:
+    """A transfer of one request on one file below a device."""
+
+    __slots__ = ("conn", "file", "rel", "req")
+
+    def __init__(self, conn: Connection, req: Request, rel: str) -> None:
+        self.conn = conn
+        self.req = req
+        self.rel = rel
+        self.file = -1
+
+    def release(self) -> None:
+        if self.file >= 0:
+            os.close(self.file)
+            self.file = -1
 
 
 class Connection(Protocol):

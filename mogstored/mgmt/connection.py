@@ -18,9 +18,10 @@ import hashlib
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 from mogstored import log
-from mogstored.event.step import Next, Pool, State
+from mogstored.event.step import Next, Pool, State, states
 from mogstored.mgmt.parser import (
     BAD_PATH_REPLY,
     BLANK_REPLY,
@@ -46,12 +47,8 @@ from mogstored.node import ServiceContext
 from mogstored.store.fsck import low_io_priority
 from mogstored.store.iopool import thread_buffer
 
-READING = State("reading", on_pool=False)
-SIZING = State("sizing", on_pool=True)
-OPENING = State("opening", on_pool=True)
-DIGESTING = State("digesting", on_pool=True)
-FSCK_WAITING = State("fsck-waiting", on_pool=True)
-WATCHING = State("watching", on_pool=False)
+READING, WATCHING = states("reading", "watching", on_pool=False)
+SIZING, OPENING, DIGESTING, FSCK_WAITING = states("sizing", "opening", "digesting", "fsck-waiting", on_pool=True)
 STATES = (READING, SIZING, OPENING, DIGESTING, FSCK_WAITING, WATCHING)
 
 DIGEST_SLICE = 8 << 20  # bytes hashed per scheduling step before yielding
@@ -84,7 +81,7 @@ class MgmtConnection:
 
     expirable = False  # trackers' sidechannel connections are never expired (§3.10)
 
-    __slots__ = ("sock", "fd", "svc", "lines", "out", "eof", "state", "pool", "cmd", "digest", "fsck_dev")
+    __slots__ = ("cmd", "digest", "eof", "fd", "fsck_dev", "lines", "out", "pool", "sock", "state", "svc")
 
     def __init__(self, sock: socket.socket, svc: ServiceContext) -> None:
         self.sock = sock
@@ -101,18 +98,7 @@ class MgmtConnection:
 
     # -- event core interface --------------------------------------------
     def step(self, pool: Pool | None) -> Next:
-        state = self.state
-        if state is READING:
-            return self._read()
-        if state is SIZING:
-            return self._size()
-        if state is OPENING:
-            return self._open_digest()
-        if state is WATCHING:
-            return self._watching()
-        if state is FSCK_WAITING:
-            self.state = DIGESTING
-        return self._digest()
+        return _STEPS[self.state](self)
 
     def idle(self) -> bool:
         return self.state is READING and not self.out and not self.lines.pending()
@@ -267,6 +253,10 @@ class MgmtConnection:
             done += n
         return Next.ACTIVE  # a long file: let others in, then continue
 
+    def _fsck_turn(self) -> Next:
+        self.state = DIGESTING
+        return self._digest()
+
     # -- WATCHING -------------------------------------------------------------
     def _watching(self) -> Next:
         """Write-only from now on: input is read and ignored until EOF."""
@@ -279,3 +269,14 @@ class MgmtConnection:
                 return Next.CLOSE
             if not data:
                 return Next.CLOSE
+
+
+_STEPS: dict[State, Callable[[MgmtConnection], Next]] = {
+    READING: MgmtConnection._read,
+    SIZING: MgmtConnection._size,
+    OPENING: MgmtConnection._open_digest,
+    DIGESTING: MgmtConnection._digest,
+    FSCK_WAITING: MgmtConnection._fsck_turn,
+    WATCHING: MgmtConnection._watching,
+}
+assert set(_STEPS) == set(STATES)

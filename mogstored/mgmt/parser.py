@@ -135,7 +135,9 @@ def parse_command(line: bytes) -> Command:
     if _BLANK.fullmatch(line):
         return _BLANK_CMD
     # May be empty, e.g. for " \rx": the first run after spaces/tabs stops at the CR.
-    return Unknown(_TOKEN.match(line)[1].decode("latin-1"))
+    m = _TOKEN.match(line)
+    assert m is not None  # the token may be empty: it always matches
+    return Unknown(m[1].decode("latin-1"))
 
 
 def resolve_path(path: str) -> str:

@@ -21,7 +21,12 @@ from mogstored.config.options import Service
 from mogstored.node import write_usage_now
 from mogstored.process.board import LoadBoard
 from mogstored.process.server import Listener, serve
-from mogstored.process.signals import LIFECYCLE_SIGNALS, STOP_SIGNAL, STOP_SIGNALS, UPGRADE_SIGNAL
+from mogstored.process.signals import (
+    LIFECYCLE_SIGNALS,
+    STOP_SIGNAL,
+    STOP_SIGNALS,
+    UPGRADE_SIGNAL,
+)
 from mogstored.process.upgrade import Upgrade
 
 FORK_RETRY = 10.0  # seconds after a failed fork
@@ -125,7 +130,7 @@ class Arbiter:
         try:
             self.board.index = index
             return serve(self.listeners, self.nworkers, self.iostat, master_pid=self.pid, board=self.board)
-        except BaseException as e:  # never return into the master's code
+        except BaseException as e:  # noqa: BLE001  # never return into the master's code
             log.error(f"worker died: {e!r}")
             return 1
 

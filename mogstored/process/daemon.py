@@ -10,7 +10,7 @@ import os
 import re
 import resource
 import sys
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from mogstored import log
 from mogstored.config.options import StartupError
@@ -111,7 +111,7 @@ class Pidfile:
         self._fd: int | None = fd
 
     @classmethod
-    def open(cls, path: str) -> "Pidfile":
+    def open(cls, path: str) -> Pidfile:
         """Open/create ``path``; refuse to start when it names a live process."""
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)

@@ -8,8 +8,9 @@ import enum
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from setproctitle import setproctitle
 
@@ -80,15 +81,15 @@ class Server:
                  board: Board | None = None) -> None:
         self.listeners = listeners
         self.worker_processes = worker_processes
-        self.upgrade = upgrade
-        self.master_pid = master_pid
-        self.board = board
         self.quitting = False
         self._wake = signals.Waker()
         self._asks: collections.deque[tuple[Ask, int]] = collections.deque()
         # Epoll workers never wait for a disk, so one per CPU is enough; more only
         # contend for the interpreter lock (measured: ~15% fewer small GETs with 4).
         self.queue = EventQueue(max(2, os.cpu_count() or 1), on_close=self._wake.set)
+        self.upgrade = upgrade
+        self.master_pid = master_pid
+        self.board = board
         self.expiry = Expiry(self.queue.clients.values)
         self.ioq = IoQueues(self.queue.run)
         self.fsck = FsckQueues()
@@ -154,9 +155,9 @@ class Server:
             ctx = self.services[id(lst.service)]
             make: Callable[[socket.socket], Client]
             if lst.kind == "mgmt":
-                make = lambda sock, ctx=ctx: MgmtConnection(sock, ctx)  # type: ignore[misc]  # noqa: E731
+                make = lambda sock, ctx=ctx: MgmtConnection(sock, ctx)  # type: ignore[misc]
             else:
-                make = lambda sock, ctx=ctx, get_only=(lst.kind == "httpget"): HttpConnection(  # type: ignore[misc]  # noqa: E731
+                make = lambda sock, ctx=ctx, get_only=(lst.kind == "httpget"): HttpConnection(  # type: ignore[misc]
                     sock, ctx, get_only)
             acc = Acceptor(lst.sock, self.queue, make, acceptor_threads(lst.kind, self.worker_processes),
                            signals.KICK_SIGNAL, self.expiry.accept_failed, self.board)

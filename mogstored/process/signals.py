@@ -10,7 +10,7 @@ effect once serving instead of killing a half-started process (§9).
 import os
 import select
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 LIFECYCLE_SIGNALS = frozenset({signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
                                signal.SIGCHLD, signal.SIGHUP, signal.SIGWINCH})

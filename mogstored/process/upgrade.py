@@ -13,7 +13,12 @@ import socket
 import sys
 
 from mogstored import log
-from mogstored.process.daemon import pid_alive, read_pidfile, remove_pidfile, write_pidfile
+from mogstored.process.daemon import (
+    pid_alive,
+    read_pidfile,
+    remove_pidfile,
+    write_pidfile,
+)
 from mogstored.process.signals import LIFECYCLE_SIGNALS
 
 

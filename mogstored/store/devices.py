@@ -57,8 +57,7 @@ class Mount:
 # gnulib ME_DUMMY types as used by cmogstored 1.2.1 (§2.2). "none" is only spared for bind
 # mounts in /etc/mtab data; mountinfo shows a bind mount with its real type, so always skip.
 _DUMMY_TYPES = frozenset(
-    "autofs proc subfs debugfs devpts fusectl mqueue rpc_pipefs sysfs devfs kernfs ignore none"
-    .split())
+    ["autofs", "proc", "subfs", "debugfs", "devpts", "fusectl", "mqueue", "rpc_pipefs", "sysfs", "devfs", "kernfs", "ignore", "none"])
 
 _OCTAL = re.compile(rb"\\([0-7]{3})")
 

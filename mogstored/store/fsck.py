@@ -6,8 +6,8 @@ from __future__ import annotations
 import collections
 import platform
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from mogstored.event.step import Parked
 from mogstored.libc import libc

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from mogstored import log
 from mogstored.event.step import Client
@@ -47,7 +47,7 @@ class Task:
     def run(self) -> None:
         try:
             self.fn()
-        except Exception as e:  # not a connection: nothing to close, the thread lives on
+        except Exception as e:  # noqa: BLE001  # not a connection: nothing to close, the thread lives on
             log.error(f"task {self.fn!r} failed: {e!r}")
 
 

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from mogstored import log
 from mogstored.libc import libc
@@ -140,7 +140,7 @@ class IostatRunner:
                 proc = subprocess.Popen(["/bin/sh", "-c", f"exec {self.command}"], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, env=env, close_fds=True,
                                         start_new_session=True,
-                                        preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+                                        preexec_fn=functools.partial(_die_with_parent, os.getpid()))  # noqa: PLW1509  # prctl only: async-signal-safe
             except OSError as e:
                 log.error(f"iostat(1) not available/running: {e.strerror}")
                 self._stop.wait(RETRY_DELAY)
@@ -149,7 +149,9 @@ class IostatRunner:
             if self._stop.is_set():  # stop() ran during Popen and saw no process to end
                 proc.terminate()
             parser = IostatParser()
-            fd = proc.stdout.fileno()
+            stdout = proc.stdout
+            assert stdout is not None  # stdout=PIPE
+            fd = stdout.fileno()
             while True:
                 try:
                     data = os.read(fd, 65536)
@@ -160,7 +162,7 @@ class IostatRunner:
                     break
                 for report in parser.feed(data):
                     self.on_report(report)
-            proc.stdout.close()
+            stdout.close()
             status = proc.wait()
             if status != 0 and not self._stop.is_set():
                 log.error(f"iostat done (pid={proc.pid}, status={status}), will retry in {RETRY_DELAY:.0f}s")
