@@ -104,11 +104,12 @@ def _at_least(limit: int, want: int) -> bool:
 
 
 class Pidfile:
-    """The pidfile: opened (and checked) before daemonising, written by the daemon."""
+    """A pidfile: the daemon's own (opened and checked before daemonising,
+    written by the daemon) or the ``.oldbin`` of an upgrade."""
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int | None = None) -> None:
         self.path = path
-        self._fd: int | None = fd
+        self._fd = fd  # held open since the start-up check, until written
 
     @classmethod
     def open(cls, path: str) -> Pidfile:
@@ -118,60 +119,49 @@ class Pidfile:
         except OSError as e:
             raise StartupError(f"failed to open pidfile({path}): {e.strerror}") from None
         try:
-            pid = _read_pid(fd)
+            pid = _parse_pid(os.pread(fd, 64, 0))
         except OSError:
             pid = None  # unreadable content is overwritten like stale content
-        if pid is not None and _alive(pid):
+        if pid is not None and 0 < pid != os.getpid() and pid_alive(pid):
             os.close(fd)
             raise StartupError(f"already running on PID: {pid}")
         return cls(path, fd)
 
-    def write(self, pid: int) -> None:
-        """Replace the content with ``<pid>\\n``; a failure is logged, not fatal."""
-        if self._fd is None:
-            return
+    def read(self) -> int | None:
+        """The PID it names; None when missing, empty or unparsable."""
         try:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, f"{pid}\n".encode(), 0)
+            with open(self.path, "rb") as f:
+                return _parse_pid(f.read(64))
+        except OSError:
+            return None
+
+    def write(self, pid: int) -> None:
+        """Replace the content with ``<pid>\n`` (creating the file if need be);
+        a failure is logged, not fatal."""
+        fd, self._fd = self._fd, None
+        try:
+            if fd is None:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{pid}\n".encode(), 0)
+            finally:
+                os.close(fd)
         except OSError as e:
             log.error(f"failed to write pidfile({self.path}): {e.strerror}. continuing...")
-        finally:
-            os.close(self._fd)
-            self._fd = None
 
     def remove(self) -> None:
         """Unlink the file if it still holds our PID (an upgrade may have taken it over)."""
-        remove_pidfile(self.path)
+        if self.read() == os.getpid():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
-
-def read_pidfile(path: str) -> int | None:
-    """The PID a pidfile names; None when missing, empty or unparsable."""
-    try:
-        with open(path, "rb") as f:
-            return _parse_pid(f.read(64))
-    except OSError:
-        return None
-
-
-def write_pidfile(path: str, pid: int) -> None:
-    """Create or truncate ``path`` holding ``<pid>\\n``; a failure is logged."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        try:
-            os.write(fd, f"{pid}\n".encode())
-        finally:
-            os.close(fd)
-    except OSError as e:
-        log.error(f"failed to write pidfile({path}): {e.strerror}. continuing...")
-
-
-def remove_pidfile(path: str) -> None:
-    """Unlink ``path`` only if it names this process."""
-    if read_pidfile(path) == os.getpid():
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    def rival(self) -> int | None:
+        """The live process other than us that it names, if any."""
+        pid = self.read()
+        return pid if pid is not None and pid != os.getpid() and pid_alive(pid) else None
 
 
 def pid_alive(pid: int) -> bool:
@@ -183,19 +173,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_pid(fd: int) -> int | None:
-    return _parse_pid(os.pread(fd, 64, 0))
-
-
 def _parse_pid(content: bytes) -> int | None:
     """A decimal PID terminated by a newline, else None (empty or unparsable)."""
     m = re.fullmatch(rb"([0-9]+)\n", content)
     return int(m.group(1)) if m else None
-
-
-def _alive(pid: int) -> bool:
-    """True unless kill(pid, 0) says ESRCH; our own PID is stale content, not a rival."""
-    return 0 < pid != os.getpid() and pid_alive(pid)
 
 
 _READY = b"R"

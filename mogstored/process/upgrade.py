@@ -13,12 +13,7 @@ import socket
 import sys
 
 from mogstored import log
-from mogstored.process.daemon import (
-    pid_alive,
-    read_pidfile,
-    remove_pidfile,
-    write_pidfile,
-)
+from mogstored.process.daemon import Pidfile
 from mogstored.process.signals import LIFECYCLE_SIGNALS
 
 
@@ -35,8 +30,8 @@ class Upgrade:
     """The upgrade child of this process, if any, and the pidfile hand-over."""
 
     def __init__(self, pidfile: str | None, listeners: list[socket.socket]) -> None:
-        self.pidfile = pidfile
-        self.oldbin = f"{pidfile}.oldbin" if pidfile else None
+        self.pidfile = None if pidfile is None else Pidfile(pidfile)
+        self.oldbin = None if pidfile is None else Pidfile(f"{pidfile}.oldbin")
         self.listeners = listeners  # in CMOGSTORED_FD order: per service mgmt, http, httpget
         self.command = start_command()
         self.pid: int | None = None
@@ -83,29 +78,25 @@ class Upgrade:
     def finish(self) -> None:
         """At exit: ``.oldbin`` is ours to remove; the pidfile may be the new process's."""
         if self.oldbin is not None:
-            remove_pidfile(self.oldbin)
+            self.oldbin.remove()
 
     def _hand_over_pidfile(self) -> bool:
         """Rename the pidfile to ``.oldbin`` as seen from outside; False to abort."""
         if self.pidfile is None or self.oldbin is None:
             return True
-        me = os.getpid()
-        owner = read_pidfile(self.pidfile)
-        if owner is not None and owner != me and pid_alive(owner):
-            log.error(f"pidfile={self.pidfile} belongs to PID:{owner}, not upgrading")
-            return False
-        rival = read_pidfile(self.oldbin)
-        if rival is not None and rival != me and pid_alive(rival):
-            log.error(f"pidfile={self.oldbin} belongs to PID:{rival}, not upgrading")
-            return False
-        write_pidfile(self.oldbin, me)
+        for pidfile in (self.pidfile, self.oldbin):
+            owner = pidfile.rival()
+            if owner is not None:
+                log.error(f"pidfile={pidfile.path} belongs to PID:{owner}, not upgrading")
+                return False
+        self.oldbin.write(os.getpid())
         try:
-            os.unlink(self.pidfile)
+            os.unlink(self.pidfile.path)
         except FileNotFoundError:
             pass
         except OSError as e:
-            log.error(f"unlink({self.pidfile}): {e.strerror}, not upgrading")
-            remove_pidfile(self.oldbin)
+            log.error(f"unlink({self.pidfile.path}): {e.strerror}, not upgrading")
+            self.oldbin.remove()
             return False
         return True
 
@@ -114,9 +105,9 @@ class Upgrade:
         unless the new process lives on (it wrote its PID and we only lost track)."""
         if self.pidfile is None or self.oldbin is None:
             return
-        owner = read_pidfile(self.pidfile)
-        if owner is not None and owner != os.getpid() and pid_alive(owner):
+        owner = self.pidfile.rival()
+        if owner is not None:
             log.error(f"PID:{owner} of upgrade still running")
             return
-        write_pidfile(self.pidfile, os.getpid())
-        remove_pidfile(self.oldbin)
+        self.pidfile.write(os.getpid())
+        self.oldbin.remove()
