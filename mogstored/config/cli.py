@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mogstored import __version__
+from mogstored.config.daemonize import validate_daemonize
 from mogstored.config.file import (
     ConfigFile,
     Warn,
@@ -21,8 +22,13 @@ from mogstored.config.file import (
     parse_listen,
     read_config,
 )
-from mogstored.config.options import Listen, Options, Service, StartupError
-from mogstored.process.daemon import DEFAULT_MAXCONNS, validate_daemonize
+from mogstored.config.options import (
+    DEFAULT_MAXCONNS,
+    Listen,
+    Options,
+    Service,
+    StartupError,
+)
 
 __all__ = [
     "EarlyExit", "Listen", "Options", "Service", "StartupError", "UsageError",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_MAXCONNS = 10000  # descriptors wanted when --maxconns is not given (§1.1.2)
+
 
 class StartupError(Exception):
     """Fatal start-up error (exit 1).

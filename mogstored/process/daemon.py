@@ -1,4 +1,4 @@
-"""Becoming a daemon: descriptor limit, ``--daemonize`` checks, pidfile and the double fork.
+"""Becoming a daemon: descriptor limit, pidfile and the double fork.
 
 The launcher must only exit 0 once the daemon is really up (listeners bound, pidfile
 written), because callers read the pidfile right after it returns (reference §1.5).
@@ -10,59 +10,12 @@ import os
 import re
 import resource
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 
 from mogstored import log
-from mogstored.config.options import StartupError
+from mogstored.config.options import DEFAULT_MAXCONNS, StartupError
 
-DEFAULT_MAXCONNS = 10000
 _NOFILE_STEP = 64
-
-
-def validate_daemonize(
-    config_paths: Sequence[tuple[str, str | None]],
-    merged_paths: Sequence[tuple[str, str | None]],
-    environ: Mapping[str, str],
-) -> None:
-    """Refuse relative paths and a relative ``PATH`` when daemonising (§1.5, steps 1-4).
-
-    A daemon runs in "/" and re-executes itself via ``PATH`` on SIGUSR2, so relative
-    names would point elsewhere.  ``config_paths`` are (key, value) pairs in print order:
-    each ``--config`` value followed by that file's ``pidfile`` and ``docroot``;
-    ``merged_paths`` (the command-line/merged ``pidfile`` and ``docroot``) are only
-    checked when none of those failed.  ``None`` values are skipped.  Raises
-    StartupError carrying every line to print.
-    """
-    lines = _relative(config_paths) or _relative(merged_paths)
-    path = environ.get("PATH")
-    if path is None:
-        raise StartupError("\n".join([*lines, "PATH environment must be set"]))
-    offender = _relative_path_entry(path)
-    if offender is not None:
-        lines.append(f"PATH environment contains relative path: {offender}")
-    if lines:
-        lines.append("relative paths are incompatible with --daemonize and SIGUSR2 upgrades")
-        raise StartupError("\n".join(lines))
-
-
-def _relative(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
-    return [
-        f"{key}={value} must use an absolute path"
-        for key, value in pairs
-        if value is not None and not value.startswith("/")
-    ]
-
-
-def _relative_path_entry(path: str) -> str | None:
-    """The tail of PATH from its first relative entry (an empty entry counts), or None."""
-    if path.endswith(":"):
-        return path
-    start = 0
-    for entry in path.split(":"):
-        if not entry.startswith("/"):
-            return path[start:]
-        start += len(entry) + 1
-    return None
 
 
 def raise_nofile(maxconns: int) -> None:

@@ -16,7 +16,8 @@ import pytest
 from mogstored import log
 from mogstored.process import daemon
 from mogstored.config.file import StartupError
-from mogstored.process.daemon import Pidfile, raise_nofile, validate_daemonize
+from mogstored.config.daemonize import validate_daemonize
+from mogstored.process.daemon import Pidfile, raise_nofile
 
 REPO = Path(__file__).resolve().parents[2]
 
