@@ -17,6 +17,10 @@ from typing import Callable, Iterator
 import pytest
 
 HOST = "127.0.0.1"
+# Every daemon these tests start (``python -m mogstored`` from a temporary
+# directory) runs this checkout's package, not whichever one pip installed.
+REPO = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 QUIET_IOSTAT = {"MOG_IOSTAT_CMD": "sleep 86400"}  # no output; tests that watch set their own

@@ -22,7 +22,7 @@ from mogstored.event.core import EventQueue
 from mogstored.event.step import Client
 from mogstored.libc import libc
 
-_accept4 = libc.accept4
+_accept4 = libc["accept4"]
 _accept4.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
 _accept4.restype = ctypes.c_int
 

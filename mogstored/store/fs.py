@@ -27,7 +27,7 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-_syscall = libc.syscall
+_syscall = libc["syscall"]  # our own copy: the argtypes below are openat2's
 _syscall.restype = ctypes.c_long
 _syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
 _HOW_SIZE = ctypes.sizeof(_OpenHow)
