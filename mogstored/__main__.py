@@ -2,19 +2,21 @@
 pidfile write, first usage pass, threads; then serve until a graceful stop."""
 from __future__ import annotations
 
-from . import signals
+from mogstored.process import signals
 
 signals.hold()  # before the imports below, which take most of start-up
 
-import os  # noqa: E402
-import sys  # noqa: E402
+import os
+import sys
 
-from . import listeners, log
-from .arbiter import Arbiter, first_usage_pass
-from .cli import EarlyExit, Options, StartupError, UsageError, load_options
-from .daemon import Pidfile, daemonize, raise_nofile
-from .server import Listener, Server
-from .upgrade import Upgrade
+from mogstored import log
+from mogstored.config import listeners
+from mogstored.config.cli import EarlyExit, UsageError, load_options
+from mogstored.config.options import Options, StartupError
+from mogstored.process.arbiter import Arbiter, first_usage_pass
+from mogstored.process.daemon import Pidfile, daemonize, raise_nofile
+from mogstored.process.server import Listener, serve
+from mogstored.process.upgrade import Upgrade
 
 
 def program_name() -> str:
@@ -69,14 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             ready()
         status = Arbiter(bound, opts.worker_processes, opts.iostat, upgrade).run()
     else:
-        server = Server(bound, opts.worker_processes, opts.iostat)
-        server.upgrade = upgrade
-        server.install_signals()
-        server.usage_pass(now=True)
-        server.start()
-        if ready is not None:
-            ready()
-        status = server.run()
+        status = serve(bound, opts.worker_processes, opts.iostat, upgrade=upgrade, ready=ready)
     if pidfile is not None:
         pidfile.remove()
     upgrade.finish()

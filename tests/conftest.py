@@ -18,9 +18,10 @@ from typing import Callable, Iterator
 import pytest
 
 HOST = "127.0.0.1"
-# The daemon runs with its own cwd: make it import this checkout's package, not
-# whichever one is pip-installed (another worktree's, in development).
-REPO = str(Path(__file__).resolve().parents[1])
+# Every daemon these tests start (``python -m mogstored`` from a temporary
+# directory) runs this checkout's package, not whichever one pip installed.
+REPO = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 QUIET_IOSTAT = {"MOG_IOSTAT_CMD": "sleep 86400"}  # no output; tests that watch set their own
@@ -223,7 +224,6 @@ class Daemon:
         cmd += args
         full_env = dict(os.environ)
         full_env.update(QUIET_IOSTAT)
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
         full_env.update(env or {})
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -275,19 +275,47 @@ class Daemon:
         self._stderr.close()
 
 
+# What the event core logs when a step raised: always a bug, whatever the test checks.
+CLIENT_FAILED = re.compile(r"^.*\b(?:client|closing) fd=\d+ failed.*$", re.M)
+
+
+def client_failures(log_text: str) -> list[str]:
+    return CLIENT_FAILED.findall(log_text)
+
+
+def _no_client_failures(d: Daemon) -> None:
+    failures = client_failures(d.stderr())
+    assert not failures, "the daemon logged failed clients:\n" + "\n".join(failures)
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon for one test; the test fails if a client step raised in it."""
     d = Daemon(tmp_path)
-    yield d
-    d.kill()
+    try:
+        yield d
+    finally:
+        d.kill()
+    _no_client_failures(d)
 
 
 @pytest.fixture(scope="module")
 def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon for a module's tests that do not disturb each other."""
+    """One daemon for a module's tests that do not disturb each other; checked
+    for failed clients after each of them (_shared_daemon_clean) and at the end."""
     d = Daemon(tmp_path_factory.mktemp("shared"))
-    yield d
-    d.kill()
+    try:
+        yield d
+    finally:
+        d.kill()
+    _no_client_failures(d)
+
+
+@pytest.fixture(autouse=True)
+def _shared_daemon_clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "shared_daemon" in request.fixturenames:
+        _no_client_failures(request.getfixturevalue("shared_daemon"))
 
 
 @contextlib.contextmanager

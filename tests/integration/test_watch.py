@@ -13,7 +13,7 @@ import requests
 from conftest import Daemon
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from mogstored.devices import read_mounts  # noqa: E402
+from mogstored.store.devices import read_mounts  # noqa: E402
 
 BLOCK = re.compile(rb"((?:\d+\t[^\t\n]+\n)*)\.\n")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mogstored import cli
-from mogstored.cli import (
+from mogstored.config import cli
+from mogstored.config.cli import (
     EarlyExit, Listen, Options, Service, StartupError, UsageError, load_options,
 )
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mogstored.config import Listen, StartupError, parse_listen, read_config
+from mogstored.config.file import Listen, StartupError, parse_listen, read_config
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from mogstored import daemon, log
-from mogstored.config import StartupError
-from mogstored.daemon import Pidfile, raise_nofile, validate_daemonize
+from mogstored import log
+from mogstored.process import daemon
+from mogstored.config.file import StartupError
+from mogstored.config.daemonize import validate_daemonize
+from mogstored.process.daemon import Pidfile, raise_nofile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -134,7 +136,7 @@ def test_nofile_stuck(monkeypatch, warnings):
 
 def test_nofile_real_process():
     code = (
-        "import resource; from mogstored.daemon import raise_nofile\n"
+        "import resource; from mogstored.process.daemon import raise_nofile\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))\n"
         "raise_nofile(3000); print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
     )
@@ -227,7 +229,7 @@ def test_pidfile_remove_when_already_gone(tmp_path):
 
 DAEMON_SCRIPT = r"""
 import json, os, sys, time
-from mogstored import daemon
+from mogstored.process import daemon
 out, mode = sys.argv[1], sys.argv[2]
 ready = daemon.daemonize(argv0="launcher")
 time.sleep(0.3)  # a launcher that did not wait would be gone by now

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from mogstored import devices
-from mogstored.devices import (
+from mogstored.store import devices
+from mogstored.store.devices import (
     Mount, Usage, compute_usage, format_usage, read_mounts, scan_devices, write_usage,
 )
 
@@ -206,5 +206,5 @@ def test_write_usage_missing_devdir(tmp_path):
 
 
 def test_umask_read_without_changing_it(umask027):
-    assert devices._umask() == 0o027
+    assert devices.umask() == 0o027
     assert os.umask(0o027) == 0o027

@@ -1,4 +1,4 @@
-"""Unit tests for mogstored.http_parser against §3.2-§3.6 and §8 of the protocol reference."""
+"""Unit tests for mogstored.http.parser against §3.2-§3.6 and §8 of the protocol reference."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mogstored.http_parser import (
+from mogstored.http.parser import (
     MAX_HEAD,
     ChunkedDecoder,
     HttpError,

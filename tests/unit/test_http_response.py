@@ -1,4 +1,4 @@
-"""Unit tests for mogstored.http_response: byte-exact heads of §3.5, §3.5.1 and §3.8.1."""
+"""Unit tests for mogstored.http.response: byte-exact heads of §3.5, §3.5.1 and §3.8.1."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from mogstored import http_response
-from mogstored.http_parser import resolve_range
-from mogstored.http_response import error_head, file_head, http_date, root_head
+from mogstored.http import response as http_response
+from mogstored.http.parser import resolve_range
+from mogstored.http.response import error_head, file_head, http_date, root_head
 
 EPOCH = b"Thu, 01 Jan 1970 00:00:00 GMT"
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import threading
 import time
 
-from mogstored.core import EventQueue
-from mogstored.ioq import IoPool, IoQueues
+from mogstored.event.core import EventQueue
+from mogstored.store.iopool import IoPool, IoQueues
 
 
 def _pool(n: int) -> tuple[EventQueue, IoPool]:
     queue = EventQueue(1)
-    return queue, IoPool("test", queue, n)
+    return queue, IoPool("test", queue.run, n)
 
 
 def _wait(pred, timeout: float = 5.0) -> None:
@@ -59,7 +59,7 @@ def test_resize_starts_and_stops_real_threads() -> None:
 
 def test_paths_find_their_device_pool() -> None:
     queue = EventQueue(1)
-    ioq = IoQueues(queue, per_device=1)
+    ioq = IoQueues(queue.run, per_device=1)
     ioq.set_devices("/docroot", {1, 12})
     dev12 = ioq.for_path("/docroot", "/dev12/0/000/000/0000000001.fid")
     assert dev12 is ioq.for_path("/docroot", "//dev12/usage")  # sidechannel paths may double the slash

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mogstored.devices import Mount
-from mogstored.iostat import IostatParser, map_utilisation
+from mogstored.store.devices import Mount
+from mogstored.store.iostat import IostatParser, map_utilisation
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "iostat"
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mogstored.mgmt_parser import (
+from mogstored.mgmt.parser import (
     BAD_PATH_REPLY, BLANK_REPLY, MAX_LINE, AioThreads, BadPath, Blank, Digest, LineBuffer,
     LineTooLong, Shutdown, Size, Unknown, Watch, digest_reply, parse_command, read_error_reply,
     resolve_path, size_reply, unknown_reply,

@@ -1,0 +1,130 @@
+"""The combined-queue event core (docs/queues.txt, after cmogstored's queues.txt).
+
+One epoll set per process is the only queue of ready clients.  Acceptor threads
+(:mod:`mogstored.event.acceptor`) are its producers: blocking ``accept4`` then
+``EPOLL_CTL_ADD`` with ``EPOLLONESHOT``.  Worker threads are its consumers:
+``epoll_wait`` for one event, run one step of that client, re-arm it with
+``EPOLL_CTL_MOD`` (never ADD).  With ONESHOT a client is always in exactly one
+place: armed in the epoll set, running on one thread, or parked in a device I/O
+pool, which hands it back with ``EPOLL_CTL_MOD`` as well.
+"""
+from __future__ import annotations
+
+import os
+import select
+import threading
+from collections.abc import Callable
+
+from mogstored import log
+from mogstored.event.step import Client, Next, Pool
+from mogstored.event.threads import ThreadSet
+
+ONESHOT = select.EPOLLONESHOT
+_WANT_READ = select.EPOLLIN | select.EPOLLRDHUP | ONESHOT | select.EPOLLET
+_WANT_WRITE = select.EPOLLOUT | ONESHOT | select.EPOLLET
+# Level-triggered and writable at once: the client goes to the back of the
+# queue of ready clients ("active queue") instead of hogging this thread.
+_WANT_ACTIVE = select.EPOLLIN | select.EPOLLOUT | ONESHOT
+
+
+class EventQueue:
+    """The per-process epoll set, its worker threads and the client table."""
+
+    def __init__(self, nthreads: int, on_close: Callable[[], None] = lambda: None) -> None:
+        self.ep = select.epoll()
+        self.clients: dict[int, Client] = {}
+        self.on_close = on_close  # a client left the table (shutdown waits for an empty one)
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # Level-triggered, no ONESHOT: once written it wakes every waiting
+        # worker until enough of them have left.
+        self.ep.register(self._stop_fd, select.EPOLLIN)
+        self._lock = threading.Lock()
+        self._workers = ThreadSet("epoll", self._worker, self._lock,
+                                  lambda n: os.eventfd_write(self._stop_fd, 1))
+        self._workers.resize(nthreads)
+
+    # -- producers -------------------------------------------------------
+    def add(self, client: Client) -> None:
+        """Queue a new client as waiting to read (acceptor threads only)."""
+        self.clients[client.fd] = client
+        try:
+            self.ep.register(client.fd, _WANT_READ)
+        except OSError:
+            self._drop(client)
+
+    # -- consumers -------------------------------------------------------
+    def run(self, client: Client, pool: Pool | None = None) -> None:
+        """Run steps of a client that nobody else holds, hopping to its pool
+        when its state says so, then requeue it where the last step said."""
+        try:
+            while True:
+                if client.state.on_pool and pool is not client.pool:
+                    client.pool.submit(client)
+                    return
+                nxt = client.step(pool)
+                if nxt is not Next.RUN:
+                    break
+        except Exception as e:  # noqa: BLE001  # a bug must cost one connection, not a thread
+            log.error(f"client fd={client.fd} failed: {e!r}")
+            nxt = Next.CLOSE
+        if nxt is Next.READ:
+            self._mod(client, _WANT_READ)
+        elif nxt is Next.WRITE:
+            self._mod(client, _WANT_WRITE)
+        elif nxt is Next.ACTIVE:
+            self._mod(client, _WANT_ACTIVE)
+        elif nxt is Next.CLOSE:
+            self._drop(client)
+        # PARKED: a queue of its own holds it
+
+    def _mod(self, client: Client, events: int) -> None:
+        try:
+            self.ep.modify(client.fd, events)
+        except OSError:
+            self._drop(client)
+
+    def _drop(self, client: Client) -> None:
+        # Out of the table before the fd number can be reused by accept.
+        self.clients.pop(client.fd, None)
+        try:
+            client.close()
+        except Exception as e:  # noqa: BLE001  # worker and pool threads must live on
+            log.error(f"closing fd={client.fd} failed: {e!r}")
+        self.on_close()
+
+    def _worker(self) -> None:
+        poll = self.ep.poll
+        clients = self.clients
+        stop_fd = self._stop_fd
+        while True:
+            for fd, _ in poll(-1, 1):
+                if fd == stop_fd:
+                    if self._leave():
+                        return
+                    continue
+                client = clients.get(fd)
+                if client is not None:
+                    self.run(client)
+
+    def _leave(self) -> bool:
+        with self._lock:
+            if not self._workers.leave():
+                return False
+            if self._workers.excess == 0:
+                try:
+                    os.eventfd_read(self._stop_fd)
+                except BlockingIOError:
+                    pass
+            return True
+
+    # -- management ------------------------------------------------------
+    def resize(self, n: int) -> None:
+        """Start or stop worker threads so that ``n`` remain."""
+        self._workers.resize(n)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every worker thread and wait for them."""
+        self._workers.stop(timeout)
+
+    def idle_clients(self) -> list[Client]:
+        return [c for c in list(self.clients.values()) if c.idle()]

@@ -1,0 +1,51 @@
+"""A set of threads running one loop, resized at run time (epoll workers, pool threads)."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+
+class ThreadSet:
+    """Grows by starting threads; shrinks by asking ``excess`` of them to leave,
+    which each does the next time it calls :meth:`leave` (under ``lock``)."""
+
+    def __init__(self, name: str, target: Callable[[], None], lock: AbstractContextManager[object],
+                 wake: Callable[[int], None]) -> None:
+        self.name = name
+        self.target = target
+        self.lock = lock
+        self.wake = wake  # tell n waiting threads to look at ``excess``
+        self.threads: set[threading.Thread] = set()
+        self.excess = 0  # threads asked to leave
+
+    def resize(self, n: int) -> None:
+        """Start or stop threads so that ``n`` remain."""
+        with self.lock:
+            have = len(self.threads) - self.excess
+            if n > have:
+                take_back = min(self.excess, n - have)
+                self.excess -= take_back
+                for _ in range(n - have - take_back):
+                    t = threading.Thread(target=self.target, name=self.name, daemon=True)
+                    self.threads.add(t)
+                    t.start()
+            elif n < have:
+                self.excess += have - n
+                self.wake(have - n)
+
+    def leave(self) -> bool:
+        """Called by a thread of the set, holding ``lock``: True if it must exit now."""
+        if self.excess <= 0:
+            return False
+        self.excess -= 1
+        self.threads.discard(threading.current_thread())
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every thread and wait for them."""
+        with self.lock:
+            threads = list(self.threads)
+        self.resize(0)
+        for t in threads:
+            t.join(timeout)

@@ -1,0 +1,225 @@
+"""One HTTP connection: reads and parses request heads, dispatches each request
+to a transfer object created for it, sends answers made in memory, and
+finishes (keep-alive, pipelining, close).
+
+Socket reads and request parsing run on epoll workers.  Anything that touches a
+disk (open, stat, sendfile from the file, writes, rename, unlink) is a state
+with ``on_pool`` (states.py lists them): the event core runs it in the I/O pool
+of the device the path names.
+"""
+from __future__ import annotations
+
+import socket
+
+from mogstored.event.step import Next, Pool, State
+from mogstored.http.dav import DeleteTransfer
+from mogstored.http.get import GetTransfer
+from mogstored.http.parser import (
+    MAX_HEAD,
+    HttpError,
+    Request,
+    check_put_framing,
+    parse_head,
+    resolve_range,
+)
+from mogstored.http.paths import refusal
+from mogstored.http.put import PutTransfer
+from mogstored.http.response import error_head, file_head, root_head
+from mogstored.http.states import (
+    ANSWERING,
+    CREATING,
+    DELETING,
+    NO_TRANSFER,
+    OPENING,
+    READING,
+    Transfer,
+)
+from mogstored.node import ServiceContext
+
+_NOTHING = memoryview(b"")
+
+
+class HttpConnection:
+    """A client of an HTTP (or GET-only) listener."""
+
+    expirable = True  # idle ones are shut down when descriptors run out (event/expiry.py)
+
+    __slots__ = (
+        "eof",
+        "fd",
+        "get_only",
+        "inbuf",
+        "keepalive",
+        "out",
+        "peer",
+        "pool",
+        "pos",
+        "sock",
+        "state",
+        "svc",
+        "transfer",
+    )
+
+    def __init__(self, sock: socket.socket, svc: ServiceContext, get_only: bool) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.svc = svc
+        self.get_only = get_only
+        self.inbuf = bytearray()
+        self.pos = 0  # start of unprocessed input in inbuf
+        self.out = _NOTHING  # response head bytes not yet sent
+        self.eof = False
+        self.state = READING
+        self.pool: Pool = svc.ioq.shared  # the current request's device pool
+        self.keepalive = False  # of the current answer
+        self.transfer: Transfer = NO_TRANSFER
+        # Kept from the start: after a reset getpeername() fails, yet the log names the peer.
+        try:
+            host, port = sock.getpeername()[:2]
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "?:0"
+
+    # -- event core interface --------------------------------------------
+    def step(self, pool: Pool | None) -> Next:
+        state = self.state
+        if state is READING:
+            return self._read_head()
+        if state is ANSWERING:
+            return self._answer()
+        return self.transfer.step(pool)
+
+    def idle(self) -> bool:
+        return self.state is READING and self.pos >= len(self.inbuf)
+
+    def close(self) -> None:
+        self.transfer.release()
+        self.sock.close()
+
+    # -- reading and dispatching requests --------------------------------
+    def _read_head(self) -> Next:
+        while True:
+            try:
+                parsed = parse_head(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
+            except HttpError as e:
+                return self.fail(e.status)
+            if parsed is not None:
+                req, self.pos = parsed
+                return self._dispatch(req)
+            if self.eof:
+                return Next.CLOSE
+            try:
+                data = self.sock.recv(MAX_HEAD + 1 - (len(self.inbuf) - self.pos))
+            except BlockingIOError:
+                # Shutting down: closed only once nothing at all has arrived (a
+                # request already sent is answered, not reset by the close).
+                return Next.CLOSE if self.svc.process.quitting and self.pos >= len(self.inbuf) else Next.READ
+            except OSError:
+                return Next.CLOSE
+            if not data:
+                self.eof = True
+                continue
+            if self.pos:
+                del self.inbuf[: self.pos]
+                self.pos = 0
+            self.inbuf += data
+
+    def _dispatch(self, req: Request) -> Next:
+        self.keepalive = keep = req.keepalive
+        method, path = req.method, req.path
+        reading = method == "GET" or method == "HEAD"
+        if not reading and self.get_only:
+            return self.fail(405) if method == "PUT" else self.answer(error_head(405, keep))
+        if reading and path == "/":
+            if req.range is not None and resolve_range(req.range, 0)[0] == 416:
+                return self.answer(error_head(416, keep, 0))
+            return self.answer(root_head(keep))
+        status = refusal(method, path)
+        if status is not None:
+            return self.fail(status) if method == "PUT" else self.answer(error_head(status, keep))
+        rel = path.lstrip("/")
+        if reading:
+            usage = self.svc.usage_body(path)
+            if usage is not None:
+                return self._answer_bytes(req, *usage)
+            return self._start(GetTransfer(self, req, rel), OPENING, path)
+        if method == "PUT":
+            if self.svc.refuses_writes(path):
+                return self.fail(507)
+            try:
+                check_put_framing(req)
+            except HttpError as e:
+                return self.fail(e.status)
+            return self._start(PutTransfer(self, req, rel), CREATING, path)
+        if method == "DELETE":
+            return self._start(DeleteTransfer(self, rel, keep), DELETING, path)
+        # MKCOL never creates anything: the tracker takes 400 as "no MKCOL here".
+        return self.answer(error_head(400, keep))
+
+    def _start(self, transfer: Transfer, state: State, path: str) -> Next:
+        self.transfer = transfer
+        self.pool = self.svc.ioq.for_path(self.svc.docroot.path, path)
+        self.state = state
+        return Next.RUN  # the core hops to the pool
+
+    # -- responses (any thread) -------------------------------------------
+    def fail(self, status: int) -> Next:
+        """An error that ends the connection once answered (§3.8.2)."""
+        self.keepalive = False
+        self.inbuf.clear()
+        self.pos = 0
+        self.eof = True
+        return self.answer(error_head(status, False))
+
+    def answer(self, head: bytes) -> Next:
+        """Send ``head`` (a whole answer), then finish."""
+        self.out = memoryview(head)
+        self.state = ANSWERING
+        return self._answer()
+
+    def _answer_bytes(self, req: Request, body: bytes, mtime: float) -> Next:
+        """A GET/HEAD answered from memory (``devN/usage``), Range included."""
+        size = len(body)
+        status, first, last = (200, 0, size - 1) if req.range is None else resolve_range(req.range, size)
+        if status == 416:
+            return self.answer(error_head(416, req.keepalive, size))
+        head = file_head(status, mtime, last - first + 1, req.keepalive, first, last, size)
+        return self.answer(head if req.method == "HEAD" else head + body[first : last + 1])
+
+    def _answer(self) -> Next:
+        if not self.flush():
+            return Next.WRITE
+        return self.finish()
+
+    def flush(self, more: bool = False) -> bool:
+        """Send pending head bytes; False while the socket is full."""
+        out = self.out
+        while out:
+            try:
+                n = self.sock.send(out, socket.MSG_MORE if more else 0)
+            except BlockingIOError:
+                self.out = out
+                return False
+            except OSError:
+                self.out = _NOTHING
+                self.eof = True
+                self.keepalive = False
+                return True
+            out = out[n:]
+        self.out = _NOTHING
+        return True
+
+    def finish(self) -> Next:
+        """The response is out: close, or go on with the next request."""
+        self.transfer.release()
+        self.transfer = NO_TRANSFER
+        self.state = READING
+        if not self.keepalive:
+            return Next.CLOSE
+        if self.pos < len(self.inbuf):
+            return Next.ACTIVE  # pipelined: behind the other ready clients
+        self.inbuf.clear()
+        self.pos = 0
+        if self.eof or self.svc.process.quitting:
+            return Next.CLOSE
+        return Next.READ

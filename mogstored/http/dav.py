@@ -1,0 +1,57 @@
+"""DELETE (§3.7): unlink one file below a device, never a directory or a symlink.
+(MKCOL is answered by the connection: it never creates anything.)"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from mogstored.event.step import Next, Pool
+from mogstored.http.paths import Op, status_for
+from mogstored.http.response import error_head
+from mogstored.http.states import Connection
+from mogstored.store.fs import sync_dir
+
+
+def refuse_symlink(dirfd: int, name: str) -> None:
+    """§3.4 item 4: a symlink below devN is never replaced, written through or
+    unlinked, even where rename/unlink would only touch the link (ELOOP -> 403)."""
+    try:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)
+
+
+class DeleteTransfer:
+    """One DELETE, run in DELETING (the device pool)."""
+
+    __slots__ = ("conn", "keepalive", "rel")
+
+    def __init__(self, conn: Connection, rel: str, keepalive: bool) -> None:
+        self.conn = conn
+        self.rel = rel  # has a "/": refusal() sent the rest away
+        self.keepalive = keepalive
+
+    def step(self, pool: Pool | None) -> Next:
+        conn = self.conn
+        dirfd = -1
+        try:
+            dirfd, name = conn.svc.docroot.open_parent(self.rel)
+            if not name:  # "devN/dir/": what opened as a directory is the target (EISDIR)
+                return conn.answer(error_head(403, self.keepalive))
+            refuse_symlink(dirfd, name)
+            os.unlink(name, dir_fd=dirfd)
+            if conn.svc.durable:
+                sync_dir(dirfd)
+        except OSError as e:
+            return conn.answer(error_head(status_for(e.errno, Op.DELETE), self.keepalive))
+        finally:
+            if dirfd >= 0:
+                os.close(dirfd)
+        conn.svc.on_change(self.rel)
+        return conn.answer(error_head(204, self.keepalive))
+
+    def release(self) -> None:
+        pass

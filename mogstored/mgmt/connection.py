@@ -1,0 +1,282 @@
+"""One sidechannel connection as a state machine driven by the event core.
+
+Commands run strictly one at a time per connection, answers in order.  ``size``
+and digests touch a disk, so they are states with ``on_pool``: the event core
+runs them in the I/O pool of the device the path names; everything else is
+answered on the epoll worker.  The states, listed in :data:`STATES`:
+
+    READING        lines in, answers out, commands run      (any thread)
+    SIZING         ``size``: one stat                       (device pool)
+    OPENING        a digest's file                          (device pool)
+    DIGESTING      hash a slice per step                    (device pool)
+    FSCK_WAITING   parked in the fsck queue of its filesystem (nowhere)
+    WATCHING       ``watch``: input read and ignored        (any thread)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+from mogstored import log
+from mogstored.event.step import Next, Pool, State, states
+from mogstored.mgmt.parser import (
+    BAD_PATH_REPLY,
+    BLANK_REPLY,
+    AioThreads,
+    BadPath,
+    Blank,
+    Command,
+    Digest,
+    LineBuffer,
+    LineTooLong,
+    Shutdown,
+    Size,
+    Unknown,
+    Watch,
+    digest_reply,
+    parse_command,
+    read_error_reply,
+    resolve_path,
+    size_reply,
+    unknown_reply,
+)
+from mogstored.node import ServiceContext
+from mogstored.store.fsck import low_io_priority
+from mogstored.store.iopool import thread_buffer
+
+READING, WATCHING = states("reading", "watching", on_pool=False)
+SIZING, OPENING, DIGESTING, FSCK_WAITING = states("sizing", "opening", "digesting", "fsck-waiting", on_pool=True)
+STATES = (READING, SIZING, OPENING, DIGESTING, FSCK_WAITING, WATCHING)
+
+DIGEST_SLICE = 8 << 20  # bytes hashed per scheduling step before yielding
+_ALGS = {"MD5": hashlib.md5, "SHA-1": hashlib.sha1}
+_NO_COMMAND = Size("")  # between commands
+
+
+class _Digest:
+    """One digest command in progress: its file, hash and position."""
+
+    __slots__ = ("cmd", "file", "hasher", "offset")
+
+    def __init__(self, cmd: Digest, file: int) -> None:
+        self.cmd = cmd
+        self.file = file
+        self.hasher = _ALGS[cmd.alg]()
+        self.offset = 0
+
+    def close(self) -> None:
+        if self.file >= 0:
+            os.close(self.file)
+            self.file = -1
+
+
+_NO_DIGEST = _Digest(Digest("MD5", "", None), -1)
+
+
+class MgmtConnection:
+    """A client of the sidechannel listener."""
+
+    expirable = False  # trackers' sidechannel connections are never expired (§3.10)
+
+    __slots__ = ("cmd", "digest", "eof", "fd", "fsck_dev", "lines", "out", "pool", "sock", "state", "svc")
+
+    def __init__(self, sock: socket.socket, svc: ServiceContext) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.svc = svc
+        self.lines = LineBuffer()
+        self.out = bytearray()
+        self.eof = False
+        self.state = READING
+        self.pool: Pool = svc.ioq.shared  # the current command's device pool
+        self.cmd: Size | Digest = _NO_COMMAND  # the command a pool state works on
+        self.digest = _NO_DIGEST  # of the digest command in DIGESTING
+        self.fsck_dev: int | None = None  # filesystem whose fsck slot we hold
+
+    # -- event core interface --------------------------------------------
+    def step(self, pool: Pool | None) -> Next:
+        return _STEPS[self.state](self)
+
+    def idle(self) -> bool:
+        return self.state is READING and not self.out and not self.lines.pending()
+
+    def close(self) -> None:
+        self._release()
+        self.svc.watchers.discard(self)
+        self.sock.close()
+
+    def resume(self) -> None:
+        """Our turn in the fsck queue of this filesystem."""
+        self.pool.submit(self)
+
+    # -- READING -----------------------------------------------------------
+    def _read(self) -> Next:
+        while True:
+            if self.out and (nxt := self._flush()) is not None:
+                return nxt
+            try:
+                line = self.lines.next_line()
+            except LineTooLong:
+                log.error("mgmt request too large")
+                return self._reset()
+            if line is not None:
+                nxt = self._run(parse_command(line))
+                if nxt is not None:
+                    return nxt
+                continue
+            if self.eof or (self.svc.process.quitting and not self.lines.pending()):
+                return Next.CLOSE
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return Next.READ
+            except OSError as e:
+                log.error(f"mgmt client died: {e.strerror}")
+                return Next.CLOSE
+            if not data:
+                self.eof = True
+                continue
+            self.lines.feed(data)
+
+    def _run(self, cmd: Command) -> Next | None:
+        """Answer one command; a return value means "not finished here"."""
+        if isinstance(cmd, (Size, Digest)):
+            self.cmd = cmd
+            self.pool = self.svc.ioq.for_path(self.svc.docroot.path, cmd.path)
+            self.state = SIZING if isinstance(cmd, Size) else OPENING
+            return Next.RUN  # the core hops to the pool
+        if isinstance(cmd, Blank):
+            self.out += BLANK_REPLY
+        elif isinstance(cmd, BadPath):
+            self.out += BAD_PATH_REPLY
+        elif isinstance(cmd, Unknown):
+            self.out += unknown_reply(cmd.token)
+        elif isinstance(cmd, AioThreads):
+            self.svc.process.set_aio_threads(cmd.n)
+            self.out += BLANK_REPLY
+        elif isinstance(cmd, Shutdown):
+            self.svc.process.request_shutdown()
+        elif isinstance(cmd, Watch):
+            if not self.svc.process.iostat_running():
+                log.error("iostat(1) not available/running")
+            self.svc.watchers.add(self)
+            self.svc.process.request_usage_pass()
+            self.state = WATCHING
+            return Next.READ
+        return None
+
+    def _flush(self) -> Next | None:
+        """Send what we can; None once all is sent.
+
+        A failed send closes at once: nobody is left to read the answers of the
+        commands still buffered, so running them (digests of big files) is wasted disk time.
+        """
+        try:
+            n = self.sock.send(self.out)
+        except BlockingIOError:
+            return Next.WRITE
+        except OSError:
+            return Next.CLOSE
+        del self.out[:n]
+        return Next.WRITE if self.out else None
+
+    def _reset(self) -> Next:
+        """Drop the connection with a TCP reset: the peer sent garbage."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return Next.CLOSE
+
+    def _done(self, reply: bytes) -> Next:
+        self._release()
+        self.out += reply
+        self.cmd = _NO_COMMAND
+        self.state = READING
+        return Next.ACTIVE
+
+    def _release(self) -> None:
+        if self.fsck_dev is not None:  # our slot goes to the next in line
+            self.svc.fsck.leave(self.fsck_dev)
+            self.fsck_dev = None
+        self.digest.close()
+        self.digest = _NO_DIGEST
+
+    # -- SIZING, DIGESTING (device pool) ------------------------------------------
+    def _size(self) -> Next:
+        path = self.cmd.path
+        try:
+            size = self.svc.docroot.stat(resolve_path(path)).st_size
+        except OSError:
+            size = -1
+        return self._done(size_reply(path, size))
+
+    def _open_digest(self) -> Next:
+        cmd = self.cmd
+        assert isinstance(cmd, Digest)  # OPENING follows a Digest command
+        try:
+            # O_NONBLOCK: opening a FIFO must not hang a pool thread (regular files ignore it).
+            file = self.svc.docroot.open(resolve_path(cmd.path), os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return self._done(digest_reply(cmd.path, cmd.alg, None))
+        self.digest = _Digest(cmd, file)
+        self.state = DIGESTING
+        if cmd.reason == "fsck":
+            st_dev = os.fstat(file).st_dev
+            self.fsck_dev = st_dev
+            self.state = FSCK_WAITING  # before enter(): resume() may come at once
+            if not self.svc.fsck.enter(st_dev, self):
+                return Next.PARKED  # resume() is called when our turn comes
+            self.state = DIGESTING
+        return self._digest()
+
+    def _digest(self) -> Next:
+        digest = self.digest
+        if self.fsck_dev is not None and not self.svc.process.quitting:
+            with low_io_priority():
+                return self._hash_slice(digest)
+        return self._hash_slice(digest)
+
+    def _hash_slice(self, digest: _Digest) -> Next:
+        buf = thread_buffer()
+        update = digest.hasher.update
+        done = 0
+        while done < DIGEST_SLICE:
+            try:
+                n = os.readv(digest.file, [buf])
+            except OSError:
+                return self._done(read_error_reply(digest.cmd.path, digest.offset))
+            if n == 0:
+                return self._done(digest_reply(digest.cmd.path, digest.cmd.alg, digest.hasher.hexdigest()))
+            update(buf[:n])
+            digest.offset += n
+            done += n
+        return Next.ACTIVE  # a long file: let others in, then continue
+
+    def _fsck_turn(self) -> Next:
+        self.state = DIGESTING
+        return self._digest()
+
+    # -- WATCHING -------------------------------------------------------------
+    def _watching(self) -> Next:
+        """Write-only from now on: input is read and ignored until EOF."""
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return Next.READ
+            except OSError:
+                return Next.CLOSE
+            if not data:
+                return Next.CLOSE
+
+
+_STEPS: dict[State, Callable[[MgmtConnection], Next]] = {
+    READING: MgmtConnection._read,
+    SIZING: MgmtConnection._size,
+    OPENING: MgmtConnection._open_digest,
+    DIGESTING: MgmtConnection._digest,
+    FSCK_WAITING: MgmtConnection._fsck_turn,
+    WATCHING: MgmtConnection._watching,
+}
+assert set(_STEPS) == set(STATES)

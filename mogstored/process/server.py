@@ -1,0 +1,240 @@
+"""One serving process: listeners, the event core, I/O pools, usage files and
+the graceful shutdown, driven by the main thread.  :func:`serve` is the one
+entry point, for the single process and for each worker alike."""
+from __future__ import annotations
+
+import collections
+import enum
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from setproctitle import setproctitle
+
+from mogstored import log
+from mogstored.config.options import Service
+from mogstored.event.acceptor import Acceptor, Board
+from mogstored.event.core import EventQueue
+from mogstored.event.expiry import Expiry, heard_within
+from mogstored.event.step import Client
+from mogstored.http.connection import HttpConnection
+from mogstored.mgmt.connection import MgmtConnection
+from mogstored.node import ServiceContext
+from mogstored.process import signals
+from mogstored.process.upgrade import Upgrade
+from mogstored.store.devices import read_mounts
+from mogstored.store.fsck import FsckQueues
+from mogstored.store.iopool import MAX_THREADS, IoQueues
+from mogstored.store.iostat import DEFAULT_COMMAND, IostatRunner, map_utilisation
+
+T = TypeVar("T")
+SHUTDOWN_TITLE = "mogstored, shutting down"
+PARENT_CHECK_INTERVAL = 1.0  # a worker notices an exited master this soon
+# An idle client heard from this recently is left a moment longer when shutting
+# down: a request sent on a connection just accepted is answered, not cut off.
+SHUTDOWN_GRACE_MS = 100
+
+
+def usage_interval(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
+    try:
+        n = int(environ.get("MOG_DISK_USAGE_INTERVAL", "10"))
+    except ValueError:
+        return 10
+    return n if n > 0 else 10
+
+
+@dataclass
+class Listener:
+    kind: str  # "http", "httpget" or "mgmt"
+    service: Service
+    sock: socket.socket
+
+
+def acceptor_threads(kind: str, worker_processes: int) -> int:
+    """One blocking acceptor per CPU for HTTP (spread over worker processes),
+    one for the sidechannel, as cmogstored does."""
+    if kind == "mgmt":
+        return 1
+    return max(1, (os.cpu_count() or 1) // max(1, worker_processes))
+
+
+class Ask(enum.Enum):
+    """What other threads (and signal handlers) ask of the main thread."""
+
+    STOP = 1
+    UPGRADE = 2
+    USAGE_PASS = 3
+    AIO_THREADS = 4
+
+
+class Server:
+    """Serves the given listeners until a graceful shutdown completes.
+
+    ``master_pid`` and ``board`` are given in a worker process (§6.6),
+    ``upgrade`` when this process itself serves (no workers)."""
+
+    def __init__(self, listeners: list[Listener], worker_processes: int, iostat: bool, *,
+                 upgrade: Upgrade | None = None, master_pid: int | None = None,
+                 board: Board | None = None) -> None:
+        self.listeners = listeners
+        self.worker_processes = worker_processes
+        self.quitting = False
+        self._wake = signals.Waker()
+        self._asks: collections.deque[tuple[Ask, int]] = collections.deque()
+        # Epoll workers never wait for a disk, so one per CPU is enough; more only
+        # contend for the interpreter lock (measured: ~15% fewer small GETs with 4).
+        self.queue = EventQueue(max(2, os.cpu_count() or 1), on_close=self._wake.set)
+        self.upgrade = upgrade
+        self.master_pid = master_pid
+        self.board = board
+        self.expiry = Expiry(self.queue.clients.values)
+        self.ioq = IoQueues(self.queue.run)
+        self.fsck = FsckQueues()
+        self.services: dict[int, ServiceContext] = {}
+        for lst in listeners:
+            if id(lst.service) not in self.services:
+                self.services[id(lst.service)] = ServiceContext(lst.service, self.ioq, self.fsck, self)
+        self.acceptors: list[Acceptor] = []
+        self.usage_interval = usage_interval()
+        # §4.5.1: iostat only serves watchers, so only with a sidechannel.
+        self.iostat: IostatRunner | None = None
+        if iostat and any(lst.kind == "mgmt" for lst in listeners):
+            self.iostat = IostatRunner(os.environ.get("MOG_IOSTAT_CMD", DEFAULT_COMMAND), self._on_iostat)
+
+    # -- node.Control: called from any thread -----------------------------------
+    def _ask(self, ask: Ask, n: int = 0) -> None:
+        self._asks.append((ask, n))
+        self._wake.set()
+
+    def request_shutdown(self) -> None:
+        """``shutdown``: a worker passes it on to the master, which stops every worker."""
+        if self.master_pid is not None:
+            os.kill(self.master_pid, signals.STOP_SIGNAL)
+        else:
+            self._ask(Ask.STOP)
+
+    def request_usage_pass(self) -> None:
+        """``watch``: rescan devices and rewrite usage files now."""
+        self._ask(Ask.USAGE_PASS)
+
+    def set_aio_threads(self, n: int) -> None:
+        """``server aio_threads = N``: N threads per device pool (1..100)."""
+        if 1 <= n <= MAX_THREADS:
+            self._ask(Ask.AIO_THREADS, n)
+
+    def iostat_running(self) -> bool:
+        return self.iostat is not None and self.iostat.running
+
+    def retry_open(self, fn: Callable[[], T]) -> T:
+        return self.expiry.retry_open(fn)
+
+    def _on_iostat(self, report: dict[str, str]) -> None:
+        """iostat thread: one block to every watcher of every service."""
+        contexts = [ctx for ctx in self.services.values() if len(ctx.watchers)]
+        if not contexts:
+            return
+        utils = map_utilisation(report, read_mounts())
+        for ctx in contexts:
+            ctx.watchers.broadcast(ctx.watch_block(utils))
+
+    # -- main thread -------------------------------------------------------------
+    def usage_pass(self, now: bool = False) -> None:
+        for ctx in self.services.values():
+            ctx.scan()
+            ctx.usage_pass(now)
+
+    def install_signals(self) -> None:
+        signals.install_serving(self._wake, lambda: self._ask(Ask.STOP),
+                                None if self.upgrade is None else lambda: self._ask(Ask.UPGRADE))
+
+    def start(self) -> None:
+        for lst in self.listeners:
+            ctx = self.services[id(lst.service)]
+            make: Callable[[socket.socket], Client]
+            if lst.kind == "mgmt":
+                make = lambda sock, ctx=ctx: MgmtConnection(sock, ctx)  # type: ignore[misc]
+            else:
+                make = lambda sock, ctx=ctx, get_only=(lst.kind == "httpget"): HttpConnection(  # type: ignore[misc]
+                    sock, ctx, get_only)
+            acc = Acceptor(lst.sock, self.queue, make, acceptor_threads(lst.kind, self.worker_processes),
+                           signals.KICK_SIGNAL, self.expiry.accept_failed, self.board)
+            self.acceptors.append(acc)
+            acc.start()
+        if self.iostat is not None:
+            self.iostat.start()
+
+    def run(self) -> int:
+        """Main loop: periodic usage passes and what was asked, until asked to stop."""
+        next_usage = time.monotonic() + self.usage_interval
+        while True:
+            timeout = next_usage - time.monotonic()
+            if self.master_pid is not None:
+                timeout = min(timeout, PARENT_CHECK_INTERVAL)
+            self._wake.wait(max(0.0, timeout))
+            if self.master_pid is not None and os.getppid() != self.master_pid:
+                log.error(f"parent={self.master_pid} abandoned us, dying")
+                break
+            if self.upgrade is not None:
+                self.upgrade.poll()
+            usage_now = False
+            stop = False
+            while self._asks:
+                ask, n = self._asks.popleft()
+                if ask is Ask.STOP:
+                    stop = True
+                elif ask is Ask.UPGRADE and self.upgrade is not None:
+                    self.upgrade.start()
+                elif ask is Ask.AIO_THREADS:
+                    log.info(f"server aio_threads={n}")
+                    self.ioq.resize(n)
+                elif ask is Ask.USAGE_PASS:
+                    usage_now = True
+            if stop:
+                break
+            if usage_now or time.monotonic() >= next_usage:
+                self.usage_pass()
+                next_usage = time.monotonic() + self.usage_interval
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Graceful: stop accepting, close idle clients, finish everything else."""
+        setproctitle(SHUTDOWN_TITLE)
+        for acc in self.acceptors:
+            acc.running = False
+        for acc in self.acceptors:
+            acc.stop()
+        for lst in self.listeners:
+            lst.sock.close()  # new connections are refused from here on
+        self.quitting = True
+        if self.iostat is not None:
+            self.iostat.stop()
+        for ctx in self.services.values():
+            ctx.watchers.disconnect_all()
+        while self.queue.clients:
+            for client in self.queue.idle_clients():
+                if heard_within(client.sock, SHUTDOWN_GRACE_MS):
+                    continue  # its request may be in flight (a connection just made)
+                try:
+                    client.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._wake.wait(0.1)
+        self.queue.stop()
+        self.ioq.stop()
+
+
+def serve(listeners: list[Listener], worker_processes: int, iostat: bool, *,
+          upgrade: Upgrade | None = None, master_pid: int | None = None, board: Board | None = None,
+          ready: Callable[[], None] | None = None) -> int:
+    """Serve until a graceful shutdown: the single process, or one worker."""
+    server = Server(listeners, worker_processes, iostat, upgrade=upgrade, master_pid=master_pid, board=board)
+    server.install_signals()
+    server.usage_pass(now=True)
+    server.start()
+    if ready is not None:
+        ready()
+    return server.run()

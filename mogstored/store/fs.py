@@ -1,0 +1,141 @@
+"""File-system access confined to the docroot.
+
+A ``devN`` entry of the docroot may be a symlink (operators point device
+directories at mount points); below ``devN`` no symlink is ever followed, so
+neither HTTP nor the sidechannel can read, overwrite or delete anything outside
+that device.  ``openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)`` (Linux >= 5.6)
+does this in one system call.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+
+from mogstored.libc import libc
+from mogstored.store.devices import devid_of
+
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_RESOLVE = _RESOLVE_NO_MAGICLINKS | _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_syscall = libc["syscall"]  # our own copy: the argtypes below are openat2's
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+# One read-only open_how per (flags, mode), shared by every thread: this is a
+# per-request call, and building ctypes structures costs more than the syscall.
+_hows: dict[tuple[int, int], tuple[_OpenHow, int]] = {}
+
+
+def _how(flags: int, mode: int) -> int:
+    key = (flags, mode)
+    entry = _hows.get(key)
+    if entry is None:
+        how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, _RESOLVE)
+        entry = _hows.setdefault(key, (how, ctypes.addressof(how)))
+    return entry[1]
+
+
+def _openat2(dirfd: int, path: str, flags: int, mode: int) -> int:
+    fd = _syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), _how(flags, mode), _HOW_SIZE)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
+
+
+def _require_openat2() -> None:
+    """Fail at start-up, not per request, on kernels without openat2 (< 5.6)."""
+    if _SYS_OPENAT2 is None:
+        raise OSError(errno.ENOSYS, f"openat2 syscall number unknown on {platform.machine()}")
+    root = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    try:
+        os.close(_openat2(root, ".", os.O_PATH, 0))
+    finally:
+        os.close(root)
+
+
+class Docroot:
+    """The docroot directory, held open so every lookup is relative to it."""
+
+    def __init__(self, path: str) -> None:
+        _require_openat2()
+        self.path = os.path.realpath(path)
+        self.fd = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def open(self, rel: str, flags: int, mode: int = 0o666) -> int:
+        """Open ``rel`` (e.g. ``dev1/0/000/x.fid``, no leading slash).
+
+        Raises OSError; ELOOP means a symlink below ``devN`` was met.
+        """
+        if not rel:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), rel)
+        try:
+            return _openat2(self.fd, rel, flags, mode)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            dev, _, rest = rel.partition("/")
+            if devid_of(dev) is None:
+                raise
+            # devN itself may be a symlink: follow it, then nothing below.
+            if not rest:
+                return os.open(dev, flags | os.O_CLOEXEC, mode, dir_fd=self.fd)
+            devfd = os.open(dev, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+            try:
+                return _openat2(devfd, rest, flags, mode)
+            finally:
+                os.close(devfd)
+
+    def stat(self, rel: str) -> os.stat_result:
+        fd = self.open(rel, os.O_PATH)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def open_parent(self, rel: str) -> tuple[int, str]:
+        """(directory fd, last component) for creating, renaming or unlinking."""
+        parent, _, name = rel.rpartition("/")
+        return self.open(parent, os.O_PATH | os.O_DIRECTORY), name
+
+    def makedirs(self, rel_dir: str, sync: bool = False) -> None:
+        """Create every missing directory of ``rel_dir`` below ``devN``, never
+        ``devN`` itself (a missing device stays missing: ENOENT).  With
+        ``sync``, each directory on the way is fsync'ed once its entry exists."""
+        dev, _, rest = rel_dir.partition("/")
+        fd = self.open(dev, os.O_PATH | os.O_DIRECTORY)
+        try:
+            for part in rest.split("/"):
+                if not part:
+                    continue
+                try:
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                if sync:  # also when a concurrent PUT made it: its sync may be pending
+                    sync_dir(fd)
+                nfd = _openat2(fd, part, os.O_PATH | os.O_DIRECTORY, 0)
+                os.close(fd)
+                fd = nfd
+        finally:
+            os.close(fd)
+
+
+
+def sync_dir(dirfd: int) -> None:
+    """fsync a directory held as an O_PATH fd (which fsync refuses: EBADF)."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
