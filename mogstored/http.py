@@ -22,11 +22,11 @@ from .expire import retry_starved
 from .http_parser import (
     MAX_HEAD,
     ChunkedDecoder,
+    HeadParser,
     HttpError,
     Request,
     check_put_framing,
     is_put_path,
-    parse_head,
     resolve_range,
 )
 from .http_response import error_head, file_head, root_head
@@ -98,7 +98,7 @@ class HttpClient:
     __slots__ = (
         "sock", "fd", "svc", "get_only", "inbuf", "pos", "out", "eof", "_state", "req",
         "pool", "rel", "file", "offset", "remaining", "tmpname", "dirfd", "md5",
-        "chunks", "written", "peer",
+        "chunks", "written", "peer", "head",
     )
 
     def __init__(self, sock: socket.socket, svc: "ServiceContext", get_only: bool) -> None:
@@ -120,6 +120,7 @@ class HttpClient:
         self.offset = self.remaining = self.written = 0
         self.md5 = None
         self.chunks: ChunkedDecoder | None = None
+        self.head = HeadParser()  # the next request's head, judged as its bytes arrive
         # Kept from the start: after a reset getpeername() fails, yet the log names the peer.
         try:
             self.peer = "%s:%d" % sock.getpeername()[:2]
@@ -141,11 +142,12 @@ class HttpClient:
     def _read_head(self, pool: "IoPool | None") -> "Next | IoPool":
         while True:
             try:
-                parsed = parse_head(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
+                parsed = self.head.parse(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
             except HttpError as e:
                 return self._fail(e.status)
             if parsed is not None:
                 req, self.pos = parsed
+                self.head = HeadParser()
                 return self._dispatch(req)
             if self.eof:
                 return Next.CLOSE
@@ -266,8 +268,12 @@ class HttpClient:
             return Next.ACTIVE  # pipelined: behind the other ready clients
         self.inbuf.clear()
         self.pos = 0
-        if self.eof or self.svc.server.quitting:
+        if self.eof:
             return Next.CLOSE
+        if self.svc.server.quitting:
+            # The socket may hold the start of the next request (a PUT body read to its
+            # last byte leaves it there): _read_head answers it, or closes if none came.
+            return Next.ACTIVE
         return Next.READ
 
     def _release_file(self) -> None:
