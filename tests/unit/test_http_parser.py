@@ -689,14 +689,15 @@ class _CountingRuns:
     def match(self, buf, pos, end):  # type: ignore[no-untyped-def]
         m = self.real.match(buf, pos, end)
         self.tally[0] += 1
-        self.tally[1] += m.end() - pos
+        if m is not None:
+            self.tally[1] += m.end() - pos
         return m
 
 
 def _work(monkeypatch: pytest.MonkeyPatch, data: bytes, prefix: bytes = b"") -> tuple[int, int]:
     tally = [0, 0]
     for name in dir(http_parser):
-        if name.endswith("_RUN"):
+        if isinstance(getattr(http_parser, name), re.Pattern):
             monkeypatch.setattr(http_parser, name, _CountingRuns(getattr(http_parser, name), tally))
     res = feed_bytewise(data, prefix)
     monkeypatch.undo()
