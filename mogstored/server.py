@@ -27,7 +27,7 @@ from .signals import LIFECYCLE_SIGNALS, Waker
 if TYPE_CHECKING:
     from .upgrade import Upgrade
 
-SHUTDOWN_TITLE = "mogstored, shutting down"
+SHUTDOWN_TITLE = "cmogstored, shutting down"  # §6.5, as operators see it in ps
 PARENT_CHECK_INTERVAL = 1.0  # a worker notices an exited master this soon
 # An idle client heard from this recently is left a moment longer when shutting
 # down: a request sent on a connection just accepted is answered, not cut off.

@@ -325,9 +325,9 @@ def test_premature_eof_logs_and_leaves_no_file(d: Daemon, path: bytes, logged: s
                                                body: bytes, done: int) -> None:
     port, err = premature(d, path, head, body)
     pid = d.pid
-    assert re.search(rf"^mogstored\[{pid}\]: PUT {re.escape(logged)} failed from 127\.0\.0\.1:{port} "
+    assert re.search(rf"^cmogstored\[{pid}\]: PUT {re.escape(logged)} failed from 127\.0\.0\.1:{port} "
                      rf"after {done} bytes: premature EOF\n"
-                     rf"mogstored\[{pid}\]: last_data_recv=\d+ms from 127\.0\.0\.1:{port} for PUT "
+                     rf"cmogstored\[{pid}\]: last_data_recv=\d+ms from 127\.0\.0\.1:{port} for PUT "
                      rf"{re.escape(logged)}$", err, re.M), err
     assert not d.docroot.joinpath(logged.lstrip("/")).exists()
 

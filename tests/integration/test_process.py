@@ -158,7 +158,7 @@ def quit_and_check_stopping(d: Daemon, held: socket.socket) -> int:
     the listeners refuse new connections while ``held`` is still being served."""
     pid = serving_pid(d, held)
     d.proc.send_signal(signal.SIGQUIT)
-    wait_for(lambda: "shutting down" in cmdline(pid), 2, "the shutdown title")
+    wait_for(lambda: "cmogstored, shutting down" in cmdline(pid), 2, "the shutdown title (§6.5)")
     wait_for(lambda: refused(d.http_port) and refused(d.mgmt_port), 2, "listeners closed")
     return pid
 
