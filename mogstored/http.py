@@ -140,6 +140,7 @@ class HttpClient:
 
     # -- reading and dispatching requests --------------------------------
     def _read_head(self, pool: "IoPool | None") -> "Next | IoPool":
+        drained = False  # the last recv got less than asked: nothing more is queued
         while True:
             try:
                 parsed = self.head.parse(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
@@ -151,8 +152,11 @@ class HttpClient:
                 return self._dispatch(req)
             if self.eof:
                 return Next.CLOSE
+            if drained:
+                return Next.READ  # one recv per wake-up for heads trickling in
+            want = MAX_HEAD + 1 - (len(self.inbuf) - self.pos)
             try:
-                data = self.sock.recv(MAX_HEAD + 1 - (len(self.inbuf) - self.pos))
+                data = self.sock.recv(want)
             except BlockingIOError:
                 # Shutting down: closed only once nothing at all has arrived (a
                 # request already sent is answered, not reset by the close).
@@ -162,6 +166,7 @@ class HttpClient:
             if not data:
                 self.eof = True
                 continue
+            drained = len(data) < want
             if self.pos:
                 del self.inbuf[: self.pos]
                 self.pos = 0

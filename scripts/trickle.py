@@ -12,6 +12,7 @@ every read makes the trickled figure grow with the square of the head size;
 
     python scripts/trickle.py                       # this checkout
     python scripts/trickle.py --tree /path/to/other/checkout
+    python scripts/trickle.py --parser-only --shape lines --head-size 16384
 """
 from __future__ import annotations
 
@@ -113,6 +114,22 @@ def measure(pid: int, port: int, clients: int, head: bytes, chunk: int | None) -
     return (cpu_seconds(pid) - t0) / clients
 
 
+def parser_only(tree: Path, head: bytes) -> float:
+    """CPU seconds for the tree's parser to take `head` one byte per call, as the
+    connection code calls it (checkouts before the incremental parser: parse_head)."""
+    sys.path.insert(0, str(tree.resolve()))
+    from mogstored import http_parser  # noqa: PLC0415 (the chosen tree's)
+
+    parser = http_parser.HeadParser() if hasattr(http_parser, "HeadParser") else None
+    buf = bytearray()
+    t0 = time.process_time()
+    for i in range(len(head)):
+        buf += head[i : i + 1]
+        done = parser.parse(buf, 0) if parser is not None else http_parser.parse_head(buf, 0)
+    assert done is not None
+    return time.process_time() - t0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent,
@@ -121,8 +138,14 @@ def main() -> int:
     ap.add_argument("--head-size", type=int, default=65535)
     ap.add_argument("--chunk", type=int, default=1, help="bytes per write when trickling")
     ap.add_argument("--shape", choices=("value", "lines"), default="value")
+    ap.add_argument("--parser-only", action="store_true",
+                    help="no server: CPU of the parser alone, one byte per call")
     args = ap.parse_args()
     head = make_head(args.head_size, args.shape)
+    if args.parser_only:
+        print(f"tree={args.tree} head={len(head)} bytes shape={args.shape}: parser CPU s per head "
+              f"fed byte by byte {parser_only(args.tree, head):.3f}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "dev1").mkdir()
         port = free_port()
