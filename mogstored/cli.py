@@ -46,10 +46,13 @@ Usage: {PROGRAM} [OPTION...]
   -d, --daemonize            Daemonize
       --docroot=<path>       Docroot above device mount points.  Defaults to
                              /var/mogdata
+      --durable              Answer PUT and DELETE only once on stable storage
       --httplisten=<ip:port> IP/Port HTTP server listens on
       --maxconns=<number>    Number of simultaneous clients to serve. Default
                              10000
       --mgmtlisten=<ip:port> IP/Port management/sidechannel listens on
+      --mountcheck           Refuse writes to a device that is not a mount
+                             point
       --pidfile=<path>       path to PID file
   -?, --help                 give this help list
       --usage                give a short usage message
@@ -58,9 +61,9 @@ Usage: {PROGRAM} [OPTION...]
 
 USAGE_TEXT = f"""\
 Usage: {PROGRAM} [-d?V] [--config=<file>] [--daemonize] [--docroot=<path>]
-            [--httplisten=<ip:port>] [--maxconns=<number>]
-            [--mgmtlisten=<ip:port>] [--pidfile=<path>] [--help] [--usage]
-            [--version]
+            [--durable] [--httplisten=<ip:port>] [--maxconns=<number>]
+            [--mgmtlisten=<ip:port>] [--mountcheck] [--pidfile=<path>] [--help]
+            [--usage] [--version]
 """
 
 TRY_TEXT = f"Try '{PROGRAM} --help' or '{PROGRAM} --usage' for more information.\n"
@@ -72,9 +75,11 @@ LONG_OPTIONS: dict[str, bool] = {
     "config": True,
     "daemonize": False,
     "docroot": True,
+    "durable": False,
     "httplisten": True,
     "maxconns": True,
     "mgmtlisten": True,
+    "mountcheck": False,
     "pidfile": True,
     "server": True,
     "multi": False,
@@ -108,6 +113,8 @@ class Service:
     httplisten: Listen | None
     mgmtlisten: Listen | None
     httpgetlisten: Listen | None
+    durable: bool = False  # 201/204 only once data and directory entry are on disk
+    mountcheck: bool = False  # refuse PUTs to a devN that is not a mount point
 
 
 @dataclass
@@ -137,6 +144,8 @@ class _CommandLine:
     server: str | None = None
     multi: bool = False
     worker_processes: int = 0
+    durable: bool = False
+    mountcheck: bool = False
 
 
 def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Options:
@@ -169,7 +178,7 @@ def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Opt
         validate_daemonize(config_paths, [("pidfile", pidfile), ("docroot", docroot)], environ)
 
     if multi:
-        services = _multi_services(cmd.configs)
+        services = _multi_services(cmd, cmd.configs)
     else:
         services = [_single_service(cmd, single)]
     _check_pidfiles([cmd.pidfile, *(c.pidfile for c in cmd.configs)])
@@ -271,7 +280,7 @@ def _apply(cmd: _CommandLine, option: str, value: str | None, seen_configs: set[
         cmd.server = check_server(value or "", warn)
     elif option in ("docroot", "pidfile"):
         setattr(cmd, option, value)
-    elif option in ("daemonize", "multi"):
+    elif option in ("daemonize", "multi", "durable", "mountcheck"):
         setattr(cmd, option, True)
     elif option == "help":
         raise EarlyExit(0, HELP_TEXT)
@@ -307,15 +316,17 @@ def _check_multi(cmd: _CommandLine) -> None:
             raise StartupError(f"no listeners in --config={c.path}")
 
 
-def _multi_services(configs: list[ConfigFile]) -> list[Service]:
-    """Each config file is an independent service; docroots must differ."""
+def _multi_services(cmd: _CommandLine, configs: list[ConfigFile]) -> list[Service]:
+    """Each config file is an independent service; docroots must differ.
+    ``--durable``/``--mountcheck`` apply to all of them."""
     services: list[Service] = []
     for c in configs:
         assert c.docroot is not None
         docroot = _resolve(c.docroot)
         if any(s.docroot == docroot for s in services):
             raise StartupError(f"failed to load svc from docroot={c.docroot}")
-        services.append(Service(docroot, c.httplisten, c.mgmtlisten, c.httpgetlisten))
+        services.append(Service(docroot, c.httplisten, c.mgmtlisten, c.httpgetlisten,
+                                cmd.durable or c.durable, cmd.mountcheck or c.mountcheck))
     return services
 
 
@@ -332,7 +343,8 @@ def _single_service(cmd: _CommandLine, cfg: ConfigFile | None) -> Service:
     httpget = cfg.httpgetlisten
     if not (http or mgmt or httpget):
         http, mgmt = DEFAULT_HTTPLISTEN, DEFAULT_MGMTLISTEN
-    return Service(_resolve(docroot), http, mgmt, httpget)
+    return Service(_resolve(docroot), http, mgmt, httpget,
+                   cmd.durable or cfg.durable, cmd.mountcheck or cfg.mountcheck)
 
 
 def _check_pidfiles(values: list[str | None]) -> None:

@@ -82,6 +82,8 @@ class ConfigFile:
     server: str | None = None
     daemonize: bool = False
     iostat: bool = True
+    durable: bool = False
+    mountcheck: bool = False
 
     @property
     def has_listener(self) -> bool:
@@ -163,7 +165,7 @@ def _yaml_entries(path: str, text: str) -> list[tuple[str, str | None]]:
 
 
 _LISTEN_KEYS = ("httplisten", "mgmtlisten", "httpgetlisten")
-_BOOLEAN_KEYS = ("daemonize", "iostat")
+_BOOLEAN_KEYS = ("daemonize", "iostat", "durable", "mountcheck")
 _IGNORED_KEYS = ("config", "s")  # Perl accepts them; meaningless inside a config file
 _KNOWN_KEYS = frozenset(
     {*_LISTEN_KEYS, *_BOOLEAN_KEYS, *_IGNORED_KEYS, "docroot", "pidfile", "maxconns", "server", "serverbin"}

@@ -108,9 +108,10 @@ class Docroot:
         parent, _, name = rel.rpartition("/")
         return self.open(parent, os.O_PATH | os.O_DIRECTORY), name
 
-    def makedirs(self, rel_dir: str) -> None:
+    def makedirs(self, rel_dir: str, sync: bool = False) -> None:
         """Create every missing directory of ``rel_dir`` below ``devN``, never
-        ``devN`` itself (a missing device stays missing: ENOENT)."""
+        ``devN`` itself (a missing device stays missing: ENOENT).  With
+        ``sync``, each directory on the way is fsync'ed once its entry exists."""
         dev, _, rest = rel_dir.partition("/")
         fd = self.open(dev, os.O_PATH | os.O_DIRECTORY)
         try:
@@ -121,9 +122,20 @@ class Docroot:
                     os.mkdir(part, 0o777, dir_fd=fd)
                 except FileExistsError:
                     pass
+                if sync:  # also when a concurrent PUT made it: its sync may be pending
+                    sync_dir(fd)
                 nfd = _openat2(fd, part, os.O_PATH | os.O_DIRECTORY, 0)
                 os.close(fd)
                 fd = nfd
         finally:
             os.close(fd)
 
+
+
+def sync_dir(dirfd: int) -> None:
+    """fsync a directory held as an O_PATH fd (which fsync refuses: EBADF)."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -16,7 +16,7 @@ import stat
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from . import log
+from . import log, store
 from .core import Next
 from .expire import retry_starved
 from .http_parser import (
@@ -191,6 +191,8 @@ class HttpClient:
                 return self._fail(405)
             if ".." in path or not is_put_path(path):
                 return self._fail(400)
+            if self.svc.refuses_writes(path):
+                return self._fail(507)
             try:
                 check_put_framing(req)
             except HttpError as e:
@@ -378,7 +380,7 @@ class HttpClient:
             self._create(docroot)
         except FileNotFoundError:
             self._release_file()  # a directory vanishing under us must not leak dirfd
-            docroot.makedirs(self.rel.rpartition("/")[0])
+            docroot.makedirs(self.rel.rpartition("/")[0], sync=self.svc.durable)
             self._create(docroot)
 
     def _create(self, docroot) -> None:
@@ -388,15 +390,7 @@ class HttpClient:
             self.tmpname = None
             self.file = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dirfd)
             return
-        for _ in range(2):
-            tmp = f"{name}.{os.urandom(4).hex()}.{os.getpid()}.tmp"
-            try:
-                self.file = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_CLOEXEC, 0o600, dir_fd=self.dirfd)
-            except FileExistsError:
-                continue
-            self.tmpname = tmp
-            return
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+        self.file, self.tmpname = store.create(self.dirfd, name)
 
     def _put_body(self, pool: "IoPool | None") -> "Next | IoPool":
         if pool is not self.pool:
@@ -501,15 +495,15 @@ class HttpClient:
             log.error(f"fchmod() failed: {e.strerror}")
             self._discard_tmp()
             return self._fail(500)
-        if self.tmpname is not None:
-            name = self.rel.rpartition("/")[2]
-            try:
-                os.rename(self.tmpname, name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
-            except OSError as e:
-                log.error(f"renameat({self.tmpname} => {name}) failed: {e.strerror}")
-                self._discard_tmp()
-                return self._fail(500)
-            self.tmpname = None
+        name = self.rel.rpartition("/")[2]
+        try:
+            store.commit(self.file, self.tmpname, self.dirfd, name, self.svc.durable,
+                         in_place=req.content_range is not None)
+        except OSError as e:
+            log.error(f"committing {req.path} failed: {e.strerror}")
+            self._discard_tmp()
+            return self._fail(500)
+        self.tmpname = None
         self.svc.on_change(self.rel)
         return self._respond(error_head(201, req.keepalive))
 
@@ -524,6 +518,8 @@ class HttpClient:
                 return self._respond(error_head(403, keep))
             _refuse_symlink(self.dirfd, name)
             os.unlink(name, dir_fd=self.dirfd)
+            if self.svc.durable:
+                store.sync_dir(self.dirfd)
         except OSError as e:
             if e.errno == errno.ENOENT:
                 status = 404

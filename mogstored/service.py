@@ -6,16 +6,22 @@ memory and ``GET /devN/usage`` is answered from there, so a full disk or a
 ``chmod 000`` usage file (the operator's way to stop the writes) never hides
 current usage from the tracker.  It is refreshed on every pass, and after a
 PUT or DELETE as soon as it is read.
+
+A device found (at start-up or later) is swept of temp files a crash left, in
+its own pool.  With ``mountcheck``, a ``devN`` on the docroot's own filesystem
+(its disk did not mount) refuses PUTs and gets no usage, until a rescan finds
+it on a filesystem of its own.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
 import threading
 from typing import TYPE_CHECKING
 
-from . import devices, log
+from . import devices, log, store
 from .cli import Service
 from .fs import Docroot
 from .watch import Watchers
@@ -30,13 +36,14 @@ _USAGE_PATH = re.compile(r"/dev(\d+)/usage\Z")
 class Device:
     """One ``devN`` directory and what the node knows of it."""
 
-    __slots__ = ("devid", "path", "st_dev", "pool", "usage", "stale", "refreshing")
+    __slots__ = ("devid", "path", "st_dev", "pool", "mounted", "usage", "stale", "refreshing")
 
-    def __init__(self, devid: int, path: str, st_dev: int, pool: "IoPool") -> None:
+    def __init__(self, devid: int, path: str, st_dev: int, pool: "IoPool", mounted: bool = True) -> None:
         self.devid = devid
         self.path = path
         self.st_dev = st_dev
         self.pool = pool
+        self.mounted = mounted  # False: mountcheck found no disk there; no writes
         self.usage: tuple[bytes, int] | None = None  # file content, time written
         self.stale = True  # a PUT or DELETE happened since ``usage`` was computed
         self.refreshing = False  # a refresh for a read is queued
@@ -53,6 +60,10 @@ class ServiceContext:
         self.server = server
         self.watchers = Watchers()
         self.has_usage = service.mgmtlisten is not None  # §2.3.3: no sidechannel, no usage
+        self.durable = service.durable
+        self.mountcheck = service.mountcheck
+        self._docroot_dev = os.stat(self.docroot.fd).st_dev
+        self._unmounted: set[int] = set()  # devids last logged as not mounted
         self.devices: dict[int, Device] = {}
         self._mounts: dict[int, devices.Mount] = {}
         self._lock = threading.Lock()
@@ -76,9 +87,39 @@ class ServiceContext:
             old = self.devices.get(devid)
             if old is not None and old.st_dev == st_dev:
                 table[devid] = old
-            else:
-                table[devid] = Device(devid, path, st_dev, self.ioq.for_path(self.docroot.path, f"/dev{devid}"))
+                continue
+            mounted = not self.mountcheck or st_dev != self._docroot_dev
+            dev = table[devid] = Device(devid, path, st_dev,
+                                        self.ioq.for_path(self.docroot.path, f"/dev{devid}"), mounted)
+            self._log_mount_state(dev)
+            if dev.pool is not None:  # None in the master, which serves nothing
+                dev.pool.call(functools.partial(self._sweep, dev))
         self.devices = table
+
+    def _log_mount_state(self, dev: Device) -> None:
+        """One line per change of a device's mount state."""
+        if not dev.mounted and dev.devid not in self._unmounted:
+            self._unmounted.add(dev.devid)
+            log.error(f"dev{dev.devid}: {dev.path} is not a mount point, refusing writes (mountcheck)")
+        elif dev.mounted and dev.devid in self._unmounted:
+            self._unmounted.discard(dev.devid)
+            log.info(f"dev{dev.devid}: {dev.path} is mounted now, accepting writes")
+
+    def refuses_writes(self, path: str) -> bool:
+        """PUT ``path`` would land on a device whose disk is not mounted."""
+        dev = self._device_of(path.lstrip("/"))
+        return dev is not None and not dev.mounted
+
+    def _sweep(self, dev: Device) -> None:
+        try:
+            fd = self.docroot.open(f"dev{dev.devid}", os.O_PATH | os.O_DIRECTORY)
+        except OSError as e:
+            log.error(f"sweeping {dev.path}: {e.strerror}")
+            return
+        try:
+            store.sweep(fd, f"dev{dev.devid}")
+        finally:
+            os.close(fd)
 
     def usage_pass(self, now: bool = False) -> None:
         """Refresh and write every usage file, each in its device's pool; or
@@ -109,6 +150,8 @@ class ServiceContext:
 
     def _refresh(self, dev: Device) -> devices.Usage | None:
         dev.stale = False  # before reading: a PUT meanwhile marks it again
+        if not dev.mounted:
+            return None  # the root filesystem's usage would invite writes
         source = self._mount_source(dev)
         if source is None:
             return None

@@ -1,65 +1,73 @@
 #!/usr/bin/env python3
-"""Benchmark mogstored against nginx, side by side, on loopback.
+"""Benchmark mogstored against nginx and against other revisions, side by side.
 
 Why ratios
 ----------
 The machine is shared and noisy, so absolute figures move from run to run.
-Both servers are therefore measured in the same run, on the same files, with
-the same load generator, in alternating rounds, and the figure that matters is
-the ratio ``ours / nginx`` (1.00 = as fast as nginx, 0.50 = half as fast; for
-every scenario higher is better).  A ``--dry-run`` puts a second nginx in
+Every server is therefore measured in the same run, on the same files, with
+the same load generator, in alternating rounds, and the figures that matter
+are ratios: ``ours / nginx``, ``ours / base`` (another git revision of this
+project, ``--baseline REF``) and ``variant / ours`` (our daemon with other
+arguments, ``--variant NAME=ARGS``).  A ``--dry-run`` puts a second nginx in
 place of ours: its ratios should be ~1.00 and their spread shows the noise.
+
+Modes
+-----
+pinned     every server on CPU ``--server-cpu`` (1), nginx with ONE worker;
+           the load generator on ``--client-cpu`` (0).  Shows the cost of
+           one request on one CPU.
+unpinned   servers free to use every CPU, as operators run them (nginx with
+           ``--nginx-workers`` or ours' ``--worker-processes``); the load
+           generator still on CPU 0.  For a Python server this shows what
+           the interpreter lock costs when threads bounce between CPUs.
+Both run by default, each with freshly started servers; the last table
+gives ``unpinned / pinned`` per server.
 
 Scenarios
 ---------
-small_get  GET of one 4 KiB file over ``--connections`` (50) keep-alive
-           connections; figure: requests/s.
-large_get  GET of one 256 MiB file, repeated, over ``--large-connections``
-           (4) PARALLEL keep-alive connections; figure: MB/s (10^6 bytes/s)
-           of response bytes received, counted as they arrive, so downloads
-           cut off by the end of the round still count.
-put_64k    PUT of 64 KiB bodies over ``--connections`` keep-alive
-           connections, each wrk thread cycling over its own 64 files under
-           /dev1/<n>/000/000/ (all pre-created: every PUT overwrites);
-           figure: requests/s.
-put_16m    PUT of 16 MiB bodies over ``--large-connections`` parallel
-           keep-alive connections, 4 files per wrk thread under
-           /dev1/<n>/000/000/ (pre-created); figure: MB/s of request bodies
-           of COMPLETED PUTs (an upload cut off by the end of the round is not
-           counted; that biases both servers alike and by at most
-           connections x 16 MiB per round).
+small_get   GET of one 4 KiB file, 50 keep-alive connections; req/s.
+large_get   GET of one 256 MiB file, 4 parallel keep-alive connections;
+            MB/s (10^6 bytes/s) received, counted as bytes arrive.
+put_64k     PUT of 64 KiB bodies, 16 keep-alive connections overwriting
+            pre-created files under /dev1/<n>/000/000/; req/s.
+put_16m     PUT of 16 MiB bodies, 4 parallel connections; MB/s of bodies of
+            COMPLETED PUTs.
+mgmt_size   sidechannel ``size`` of the 4 KiB file, 4 connections, one
+            command in flight per connection; commands/s.  nginx has no
+            sidechannel, so only our revisions run it.
+mgmt_pipe   the same with 64-deep pipelines (64 commands per write).
+mgmt_md5    sidechannel ``MD5`` of a 1 MiB file, 4 connections; commands/s.
+idle_rss    resident memory: the RSS right after start-up, and the KiB each
+            of 5000 idle connections adds (lower is better for both).
+
+Besides the figure, each round records the server's CPU time (utime +
+stime of every process in its session, from /proc) per request, and wrk's
+p50/p99 latency.
 
 Method
 ------
-* The load generator is ``wrk`` (C, epoll, ``--wrk-threads`` threads) for all
-  four scenarios: it keeps connections alive, never blocks on a GIL, reads
-  large bodies without storing them, and reports exact counters through a
-  Lua ``done()`` hook.  PUT requests are pre-built in each wrk thread's Lua
-  state (``wrk.format``) so the per-request cost in wrk is one memcpy.
-  curl was not used: it handles one transfer per process, so parallel
-  transfers mean several processes and start-up costs inside the timing,
-  and it sends ``Expect: 100-continue`` on large uploads.
-* Both servers serve the SAME docroot (a temp dir with ``dev1/``), so they
-  read identical files and write to identical paths.  The temp dir is on
-  /dev/shm (tmpfs) by default: on this machine's ext4 (mounted with
-  ``discard``) PUT figures are bound by the filesystem, which would squash
-  the ratios towards 1; ``--tmpdir /tmp`` measures with the disk included.
-* For each scenario: a short warm-up per server, then ``--rounds`` timed
-  rounds per server of ``--seconds`` each, in ABBA order (nginx, ours, ours,
-  nginx, ...) so a linear drift of the machine's speed hits both alike.
-  A server's figure is the mean of its rounds; the ratio is mean/mean.
-* Before any timing each server is checked once: GETs return the exact bytes
-  (4 KiB and 256 MiB, by SHA-256), a PUT of a new file in a new directory
-  returns 201 and round-trips through GET and onto the disk, an overwrite
-  PUT round-trips too.  Any failure aborts the run.  A round with wrk socket
-  errors or non-2xx/3xx answers is flagged and makes the exit status 1.
-* nginx runs with ``worker_processes`` equal to ours (taken from
-  ``--worker-processes``/``-W`` in ``--mogstored-args``), else
-  ``--nginx-workers`` (default 2).  With 2 CPUs the load generator shares
-  the cores with the server under test; that is the same for both servers.
+* HTTP load comes from ``wrk`` (C, epoll, ``--wrk-threads`` threads, 1 by
+  default) with a Lua ``done()`` hook for exact counters; PUT requests are
+  pre-built per wrk thread.  Sidechannel load comes from this script run as
+  a child (``--mgmt-load``), one thread multiplexing its connections with
+  selectors, on the client CPU.
+* All servers serve the SAME docroot (a temp dir with ``dev1/``) on /dev/shm
+  (tmpfs) by default, so figures are about the servers; ``--tmpdir
+  /var/tmp`` puts the disk in (use it for ``--variant durable=--durable``).
+* Per scenario: a short warm-up per server, then ``--rounds`` timed rounds
+  per server of ``--seconds`` each, the order reversed every round (ABBA)
+  so a linear drift hits all alike.  A figure is the mean of its rounds.
+* Before timing, each server is checked once: GETs return the exact bytes,
+  a PUT of a new file in a new directory gives 201 and round-trips, an
+  overwrite round-trips too.  A failure aborts the run (exit status 1); a
+  round with socket errors or non-2xx answers is flagged ``!!`` and makes
+  the exit status 1.
+* ``--variant NAME=ARGS``: ARGS may hold ``{metrics}``, replaced by a free
+  127.0.0.1 port; the script then GETs ``/metrics`` there once a second
+  during that server's rounds (the cost of being scraped is in its figure).
 * Every process started here is stopped by PID (nginx: SIGQUIT; ours:
-  SIGTERM; then SIGKILL of its own process group if it lingers) and the temp
-  dir is removed, also on Ctrl-C, SIGTERM and errors.
+  SIGTERM; then SIGKILL of its own session) and the temp dir and the
+  baseline worktree are removed, also on Ctrl-C, SIGTERM and errors.
 
 Usage: see scripts/README.md, or ``python scripts/bench.py --help``.
 """
@@ -68,9 +76,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import re
+import resource
+import selectors
 import shlex
 import shutil
 import signal
@@ -79,6 +90,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,7 +100,11 @@ KIB = 1024
 MIB = 1024 * 1024
 SMALL_PATH = "/dev1/0/000/000/0000000001.fid"  # MogileFS paths: at most 37 bytes
 LARGE_PATH = "/dev1/0/000/000/0000000002.fid"
-SERVER_ORDER = ("nginx", "ours")
+MD5_PATH = "/dev1/0/000/000/0000000003.fid"
+MD5_SIZE = 1 * MIB
+IDLE_CONNECTIONS = 5000
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+CHECKS = itertools.count()  # a new directory for every check_server PUT
 
 
 def log(msg: str) -> None:
@@ -107,12 +123,23 @@ class BenchError(Exception):
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    method: str          # "GET" or "PUT"
-    unit: str            # "req/s" or "MB/s"
-    large: bool          # uses --large-connections instead of --connections
-    path: str = ""       # GET: the file fetched
+    kind: str            # "wrk", "mgmt" or "idle"
+    unit: str
+    connections: int
+    method: str = "GET"  # wrk: "GET" or "PUT"
+    path: str = ""       # GET / mgmt: the file used
     body_size: int = 0   # PUT: bytes per request
     files_per_thread: int = 0  # PUT: distinct paths cycled by each wrk thread
+    command: str = ""    # mgmt: "size" or "MD5"
+    depth: int = 1       # mgmt: commands in flight per connection
+
+    @property
+    def large(self) -> bool:
+        return self.body_size >= MIB or self.path == LARGE_PATH
+
+    @property
+    def nginx_can(self) -> bool:
+        return self.kind != "mgmt"
 
     def put_prefix(self) -> str:
         return f"/dev1/{list(SCENARIOS).index(self.name)}/000/000"
@@ -124,18 +151,23 @@ class Scenario:
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s for s in (
-        Scenario("small_get", "GET", "req/s", False, path=SMALL_PATH),
-        Scenario("large_get", "GET", "MB/s", True, path=LARGE_PATH),
-        Scenario("put_64k", "PUT", "req/s", False,
+        Scenario("small_get", "wrk", "req/s", 50, path=SMALL_PATH),
+        Scenario("large_get", "wrk", "MB/s", 4, path=LARGE_PATH),
+        Scenario("put_64k", "wrk", "req/s", 16, method="PUT",
                  body_size=64 * KIB, files_per_thread=64),
-        Scenario("put_16m", "PUT", "MB/s", True,
+        Scenario("put_16m", "wrk", "MB/s", 4, method="PUT",
                  body_size=16 * MIB, files_per_thread=4),
+        Scenario("mgmt_size", "mgmt", "cmd/s", 4, path=SMALL_PATH, command="size"),
+        Scenario("mgmt_pipe", "mgmt", "cmd/s", 4, path=SMALL_PATH, command="size",
+                 depth=64),
+        Scenario("mgmt_md5", "mgmt", "cmd/s", 4, path=MD5_PATH, command="MD5"),
+        Scenario("idle_rss", "idle", "KiB/conn", IDLE_CONNECTIONS),
     )
 }
 
 
 # --------------------------------------------------------------------------
-# Fixtures: the files both servers serve
+# Fixtures: the files every server serves
 
 
 @dataclass
@@ -164,6 +196,7 @@ def make_fixtures(docroot: Path, scenarios: list[Scenario],
     small = os.urandom(4 * KIB)
     (docroot / SMALL_PATH.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     (docroot / SMALL_PATH.lstrip("/")).write_bytes(small)
+    write_random_file(docroot / MD5_PATH.lstrip("/"), MD5_SIZE)
     fixtures = Fixtures(small=small)
     if any(s.name == "large_get" for s in scenarios):
         log("writing the 256 MiB file")
@@ -171,12 +204,11 @@ def make_fixtures(docroot: Path, scenarios: list[Scenario],
         fixtures.large_sha256 = write_random_file(
             docroot / LARGE_PATH.lstrip("/"), fixtures.large_size)
     for s in scenarios:  # pre-create PUT targets: every timed PUT overwrites
-        if s.method == "PUT":
-            for p in s.put_paths(wrk_threads):
-                target = docroot / p.lstrip("/")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(target, "wb") as f:
-                    f.truncate(s.body_size)
+        for p in s.put_paths(wrk_threads):
+            target = docroot / p.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as f:
+                f.truncate(s.body_size)
     return fixtures
 
 
@@ -185,17 +217,80 @@ def make_fixtures(docroot: Path, scenarios: list[Scenario],
 
 
 @dataclass
+class ServerSpec:
+    """What to start: nginx, or one revision of ours with some arguments."""
+    name: str            # "nginx", "ours", "base" or a variant's name
+    kind: str            # "nginx" or "mogstored"
+    cmd: str = ""        # mogstored: the command, run in `cwd`
+    cwd: Path = REPO_ROOT
+    args: str = ""
+
+
+@dataclass
 class Server:
-    name: str            # "nginx" or "ours"
-    label: str           # what actually runs, for the report
+    spec: ServerSpec
+    label: str
     port: int
+    mgmt_port: int | None
     proc: subprocess.Popen
     log_path: Path
     stop_signal: int
+    metrics_url: str | None = None
+    rss_start_kib: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        """Every live process of this server's session (start_new_session)."""
+        out = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.proc.pid:  # session id
+                out.append(int(entry))
+        return out
+
+    def cpu_seconds(self) -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+
+    def rss_kib(self) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    total += int(f.read().split()[1]) * PAGE_KIB
+            except OSError:
+                continue
+        return total
+
+    def open_fds(self) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                total += len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                continue
+        return total
 
 
 def free_port() -> int:
@@ -204,15 +299,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pin_to(cpu: int | None):
+    """preexec_fn for Popen: pin the child (and all it starts) to one CPU."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def nginx_binary() -> str:
-    """Wait a little for a background install of nginx-light, then give up."""
-    for _ in range(120):
-        path = shutil.which("nginx") or (
-            "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-        if path:
-            return path
-        time.sleep(1)
-    raise BenchError("nginx not found: apt-get install -y nginx-light")
+    path = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if not path:
+        raise BenchError("nginx not found: apt-get install -y nginx-light")
+    return path
 
 
 def nginx_config(workdir: Path, docroot: Path, port: int, workers: int) -> str:
@@ -223,9 +322,10 @@ def nginx_config(workdir: Path, docroot: Path, port: int, workers: int) -> str:
 daemon off;
 master_process on;
 worker_processes {workers};
+worker_rlimit_nofile {4 * IDLE_CONNECTIONS};
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {2 * IDLE_CONNECTIONS}; }}
 http {{
     access_log off;
     default_type application/octet-stream;
@@ -237,6 +337,7 @@ http {{
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;
+    keepalive_timeout 600s;
     server {{
         listen 127.0.0.1:{port};
         root {docroot};
@@ -248,41 +349,52 @@ http {{
 """
 
 
-def start_nginx(name: str, workdir: Path, docroot: Path, workers: int) -> Server:
+def start_nginx(spec: ServerSpec, workdir: Path, docroot: Path, workers: int,
+                cpu: int | None) -> Server:
     """Start nginx in the foreground (daemon off) so that we own its PID."""
     workdir.mkdir(parents=True)
     (workdir / "tmp").mkdir()
     port = free_port()
     conf = workdir / "nginx.conf"
     conf.write_text(nginx_config(workdir, docroot, port, workers))
-    binary = nginx_binary()
-    cmd = [binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
+    cmd = [nginx_binary(), "-p", str(workdir), "-c", str(conf),
+           "-e", str(workdir / "error.log")]
     log_path = workdir / "stderr.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    return Server(name, f"nginx ({workers} workers)", port, proc, log_path,
-                  signal.SIGQUIT)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=pin_to(cpu))
+    return Server(spec, f"nginx ({workers} worker{'s' * (workers > 1)})", port,
+                  None, proc, log_path, signal.SIGQUIT)
 
 
-def start_mogstored(cmd: str, extra_args: str, workdir: Path,
-                    docroot: Path) -> Server:
+def start_mogstored(spec: ServerSpec, workdir: Path, docroot: Path,
+                    cpu: int | None) -> Server:
     workdir.mkdir(parents=True)
     port, mgmt_port = free_port(), free_port()
-    argv = shlex.split(cmd) + [f"--docroot={docroot}",
-                               f"--httplisten=127.0.0.1:{port}",
-                               f"--mgmtlisten=127.0.0.1:{mgmt_port}"]
-    argv += shlex.split(extra_args)
+    metrics_url = None
+    args = spec.args
+    if "{metrics}" in args:
+        metrics_port = free_port()
+        args = args.replace("{metrics}", f"127.0.0.1:{metrics_port}")
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    argv = shlex.split(spec.cmd) + [f"--docroot={docroot}",
+                                    f"--httplisten=127.0.0.1:{port}",
+                                    f"--mgmtlisten=127.0.0.1:{mgmt_port}"]
+    argv += shlex.split(args)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        p for p in (str(spec.cwd), env.get("PYTHONPATH", "")) if p)
     log_path = workdir / "stderr.log"
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env,
+        proc = subprocess.Popen(argv, cwd=spec.cwd, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    return Server("ours", " ".join(shlex.quote(a) for a in argv), port, proc,
-                  log_path, signal.SIGTERM)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=pin_to(cpu))
+    where = "" if spec.cwd == REPO_ROOT else f" (in {spec.cwd})"
+    label = " ".join(shlex.quote(a) for a in argv[len(shlex.split(spec.cmd)) + 3:])
+    return Server(spec, f"mogstored{where} {label}".rstrip(), port, mgmt_port,
+                  proc, log_path, signal.SIGTERM, metrics_url)
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -362,14 +474,15 @@ def check_large_get(server: Server, fixtures: Fixtures) -> None:
 
 
 def check_server(server: Server, docroot: Path, fixtures: Fixtures) -> None:
-    """GET returns the right bytes; PUT (new, then overwrite) round-trips."""
+    """GET returns the right bytes; PUT (new, then overwrite) round-trips;
+    the sidechannel answers `size`."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         status, body = http_request(conn, "GET", SMALL_PATH)
         if status != 200 or body != fixtures.small:
             raise BenchError(f"{server.name}: GET {SMALL_PATH} -> {status}, "
                              f"{len(body)} bytes, expected 200 and the file")
-        path = f"/dev1/9/{server.name}/{os.getpid() % 1000:03d}/new.fid"
+        path = f"/dev1/9/{server.name[:8]}/{next(CHECKS):03d}/new.fid"
         for attempt, expected in (("new", (201,)), ("overwrite", (200, 201, 204))):
             payload = os.urandom(64 * KIB)
             status, _ = http_request(conn, "PUT", path, payload)
@@ -385,16 +498,22 @@ def check_server(server: Server, docroot: Path, fixtures: Fixtures) -> None:
                                  f"not write the body under the docroot")
     finally:
         conn.close()
+    if server.mgmt_port:
+        with socket.create_connection(("127.0.0.1", server.mgmt_port), timeout=10) as s:
+            s.sendall(f"size {SMALL_PATH}\r\n".encode())
+            reply = s.recv(4096)
+        if reply != f"{SMALL_PATH} {4 * KIB}\r\n".encode():
+            raise BenchError(f"{server.name}: sidechannel size -> {reply!r}")
     if fixtures.large_size:
         check_large_get(server, fixtures)
 
 
 # --------------------------------------------------------------------------
-# wrk
+# Load generators: wrk for HTTP, this script (--mgmt-load) for the sidechannel
 
 
 @dataclass
-class WrkResult:
+class LoadResult:
     requests: int
     bytes_read: int
     seconds: float
@@ -403,11 +522,11 @@ class WrkResult:
     p99_ms: float
 
     def value(self, scenario: Scenario) -> float:
-        if scenario.unit == "req/s":
-            return self.requests / self.seconds
-        if scenario.method == "PUT":
-            return self.requests * scenario.body_size / self.seconds / 1e6
-        return self.bytes_read / self.seconds / 1e6
+        if scenario.unit == "MB/s":
+            if scenario.method == "PUT":
+                return self.requests * scenario.body_size / self.seconds / 1e6
+            return self.bytes_read / self.seconds / 1e6
+        return self.requests / self.seconds
 
     def error_count(self) -> int:
         return sum(self.errors.values())
@@ -459,34 +578,143 @@ def write_lua(workdir: Path, scenario: Scenario) -> Path:
     return path
 
 
-def parse_wrk(output: str) -> WrkResult:
+def parse_result(output: str) -> LoadResult:
     match = re.search(r"^BENCH_RESULT (.*)$", output, re.MULTILINE)
     if not match:
-        raise BenchError(f"unexpected wrk output:\n{output}")
+        raise BenchError(f"unexpected load generator output:\n{output}")
     f = {k: int(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
-    return WrkResult(
+    return LoadResult(
         requests=f["requests"], bytes_read=f["bytes"],
         seconds=f["duration_us"] / 1e6,
         errors={k: f[k] for k in ("connect", "read", "write", "status", "timeout")},
         p50_ms=f["p50_us"] / 1e3, p99_ms=f["p99_us"] / 1e3)
 
 
-def run_wrk(server: Server, scenario: Scenario, lua: Path, connections: int,
-            threads: int, seconds: int) -> WrkResult:
-    url = server.base_url + (scenario.path or "/")
-    timeout = 60 if scenario.large else 10
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
-           f"--timeout={timeout}s", "-s", str(lua), url]
+def run_load(server: Server, scenario: Scenario, workdir: Path, seconds: int,
+             args: argparse.Namespace) -> LoadResult:
+    """One round of load from the client CPU."""
+    if scenario.kind == "wrk":
+        threads = min(args.wrk_threads, scenario.connections)
+        timeout = 60 if scenario.large else 10
+        cmd = ["wrk", f"-t{threads}", f"-c{scenario.connections}", f"-d{seconds}s",
+               f"--timeout={timeout}s", "-s", str(write_lua(workdir, scenario)),
+               server.base_url + (scenario.path or "/")]
+    else:
+        timeout = 10
+        cmd = [sys.executable, __file__, "--mgmt-load",
+               f"127.0.0.1:{server.mgmt_port}", f"{scenario.command} {scenario.path}",
+               str(scenario.depth), str(scenario.connections), str(seconds)]
     proc = subprocess.run(cmd, capture_output=True, text=True,
-                          timeout=seconds + timeout + 30)
+                          timeout=seconds + timeout + 30,
+                          preexec_fn=pin_to(args.client_cpu))
     if proc.returncode != 0:
-        raise BenchError(f"wrk failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
-    return parse_wrk(proc.stdout)
+        raise BenchError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+    return parse_result(proc.stdout)
 
 
-def ensure_wrk() -> None:
-    if shutil.which("wrk") is None:
-        raise BenchError("wrk not found: apt-get install -y wrk")
+def mgmt_load(target: str, command: str, depth: int, conns: int,
+              seconds: float) -> None:
+    """Child process: keep `conns` sidechannel connections busy with batches
+    of `depth` commands; print a BENCH_RESULT line like the wrk hook's."""
+    host, port = target.rsplit(":", 1)
+    batch = f"{command}\r\n".encode() * depth
+    sel = selectors.DefaultSelector()
+    latencies: list[float] = []
+    sent_at: dict[socket.socket, float] = {}
+    pending: dict[socket.socket, int] = {}
+    done = errors = 0
+    for _ in range(conns):
+        s = socket.create_connection((host, int(port)))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        s.sendall(batch)
+        sent_at[s], pending[s] = time.perf_counter(), depth
+    start = time.perf_counter()
+    deadline = start + seconds
+    while (now := time.perf_counter()) < deadline:
+        for key, _ in sel.select(deadline - now):
+            s = key.fileobj
+            assert isinstance(s, socket.socket)
+            data = s.recv(1 << 16)
+            if not data:
+                errors += 1
+                sel.unregister(s)
+                continue
+            lines = data.count(b"\n")
+            done += lines
+            pending[s] -= lines
+            if pending[s] <= 0:
+                t = time.perf_counter()
+                latencies.append(t - sent_at[s])
+                s.sendall(batch)
+                sent_at[s], pending[s] = t, depth
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    def pct(p: float) -> int:
+        return int(1e6 * latencies[int(p * (len(latencies) - 1))]) if latencies else 0
+    print(f"BENCH_RESULT requests={done} bytes=0 duration_us={int(elapsed * 1e6)} "
+          f"connect=0 read={errors} write=0 status=0 timeout=0 "
+          f"p50_us={pct(0.5)} p99_us={pct(0.99)}")
+
+
+def measure_idle(server: Server, connections: int) -> dict:
+    """RSS added by `connections` idle clients (connected, nothing sent)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = connections + 256
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(need, hard), max(need, hard)))
+    before_kib, fds_before = server.rss_kib(), server.open_fds()
+    socks = []
+    try:
+        for _ in range(connections):
+            socks.append(socket.create_connection(("127.0.0.1", server.port)))
+        deadline = time.monotonic() + 30
+        while server.open_fds() < fds_before + connections and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        after_kib = server.rss_kib()
+        held = server.open_fds() - fds_before
+    finally:
+        for s in socks:
+            s.close()
+    if held < connections:
+        log(f"{server.name}: only {held} of {connections} idle connections accepted")
+    return {"value": (after_kib - before_kib) / connections,
+            "rss_start_kib": server.rss_start_kib, "rss_before_kib": before_kib,
+            "rss_after_kib": after_kib, "held": held, "errors": {},
+            "cpu_us": None, "p50_ms": None, "p99_ms": None}
+
+
+class Scraper:
+    """GET the metrics URL once a second while a round runs."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url, self.count, self.failures = url, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Scraper:
+        if self.url:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self.url:
+            self._thread.join()
+
+    def _run(self) -> None:
+        host, rest = self.url.removeprefix("http://").split(":", 1)
+        port, path = rest.split("/", 1)
+        while not self._stop.wait(1.0):
+            try:
+                conn = http.client.HTTPConnection(host, int(port), timeout=5)
+                status, _ = http_request(conn, "GET", "/" + path)
+                conn.close()
+                self.count += 1
+                self.failures += status != 200
+            except OSError:
+                self.failures += 1
 
 
 # --------------------------------------------------------------------------
@@ -495,55 +723,69 @@ def ensure_wrk() -> None:
 
 @dataclass
 class ScenarioResult:
-    scenario: str
-    unit: str
-    connections: int
+    mode: str
+    scenario: Scenario
     rounds: dict[str, list[dict]] = field(default_factory=dict)
 
-    def mean(self, server: str) -> float | None:
-        values = [r["value"] for r in self.rounds.get(server, [])]
+    def values(self, server: str) -> list[float]:
+        return [r["value"] for r in self.rounds.get(server, [])]
+
+    def mean(self, server: str, key: str = "value") -> float | None:
+        values = [r[key] for r in self.rounds.get(server, []) if r.get(key) is not None]
         return statistics.fmean(values) if values else None
 
     def spread(self, server: str) -> float | None:
         """(max - min) / mean of a server's rounds: the noise you can see."""
-        values = [r["value"] for r in self.rounds.get(server, [])]
+        values = self.values(server)
         if len(values) < 2 or not statistics.fmean(values):
             return None
         return (max(values) - min(values)) / statistics.fmean(values)
 
-    def ratio(self) -> float | None:
-        ours, nginx = self.mean("ours"), self.mean("nginx")
-        return ours / nginx if ours is not None and nginx else None
+    def ratio(self, a: str, b: str) -> float | None:
+        x, y = self.mean(a), self.mean(b)
+        return x / y if x is not None and y else None
 
     def errors(self, server: str) -> int:
         return sum(sum(r["errors"].values()) for r in self.rounds.get(server, []))
 
 
 def round_order(servers: list[Server], rounds: int) -> list[Server]:
-    """ABBA ABBA...: alternate the order every round so drift cancels."""
+    """ABBA ABBA...: reverse the order every round so drift cancels."""
     order: list[Server] = []
     for r in range(rounds):
         order += servers if r % 2 == 0 else list(reversed(servers))
     return order
 
 
-def run_scenario(scenario: Scenario, servers: list[Server], workdir: Path,
-                 args: argparse.Namespace) -> ScenarioResult:
-    connections = args.large_connections if scenario.large else args.connections
-    threads = min(args.wrk_threads, connections)
-    lua = write_lua(workdir, scenario)
-    result = ScenarioResult(scenario.name, scenario.unit, connections)
+def run_scenario(mode: str, scenario: Scenario, servers: list[Server],
+                 workdir: Path, args: argparse.Namespace) -> ScenarioResult:
+    result = ScenarioResult(mode, scenario)
+    servers = [s for s in servers if scenario.nginx_can or s.spec.kind != "nginx"]
+    if scenario.kind == "idle":
+        for server in servers:
+            result.rounds[server.name] = [measure_idle(server, scenario.connections)]
+            log(f"{mode:8s} {scenario.name:10s} {server.name:8s} "
+                f"{result.rounds[server.name][0]['value']:10.2f} KiB/conn, "
+                f"RSS at start {server.rss_start_kib / 1024:.1f} MiB")
+        return result
     if args.warmup > 0:
         for server in servers:
-            run_wrk(server, scenario, lua, connections, threads, args.warmup)
+            run_load(server, scenario, workdir, args.warmup, args)
     for server in round_order(servers, args.rounds):
-        res = run_wrk(server, scenario, lua, connections, threads, args.seconds)
+        cpu0 = server.cpu_seconds()
+        with Scraper(server.metrics_url) as scraper:
+            res = run_load(server, scenario, workdir, args.seconds, args)
+        cpu = server.cpu_seconds() - cpu0
         value = res.value(scenario)
+        if scraper.failures:
+            res.errors["scrape"] = scraper.failures
+        cpu_us = 1e6 * cpu / res.requests if res.requests else None
         flag = f"  ERRORS {res.errors}" if res.error_count() else ""
-        log(f"{scenario.name:10s} {server.name:6s} {value:12.1f} {scenario.unit}"
-            f"  (p50 {res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms){flag}")
+        log(f"{mode:8s} {scenario.name:10s} {server.name:8s} {value:12.1f} "
+            f"{scenario.unit}  (p99 {res.p99_ms:.2f} ms, cpu "
+            f"{cpu_us or 0:.1f} us/op){flag}")
         result.rounds.setdefault(server.name, []).append(
-            {"value": value, **asdict(res)})
+            {"value": value, "cpu_us": cpu_us, "scrapes": scraper.count, **asdict(res)})
     return result
 
 
@@ -553,40 +795,71 @@ def fmt(value: float | None, width: int, precision: int = 1,
     return text.rjust(width)
 
 
-def print_table(results: list[ScenarioResult], servers: list[Server],
-                args: argparse.Namespace) -> None:
-    print(f"\nmogstored vs nginx on loopback: {args.rounds} round(s) x "
-          f"{args.seconds}s per server and scenario, ABBA order, "
-          f"wrk -t{args.wrk_threads}, docroot under {args.tmpdir or tempfile.gettempdir()}; "
-          f"figures are means of rounds, '±' is the (max-min)/mean spread of rounds")
-    for s in servers:
-        print(f"  {s.name:6s} = {s.label}")
-    header = (f"{'scenario':10s} {'conns':>5s} {'unit':>6s} "
-              f"{'nginx':>12s} {'±':>5s} {'ours':>12s} {'±':>5s} {'ours/nginx':>10s}")
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        errs = [f"{n}: {r.errors(n)} errors" for n in SERVER_ORDER if r.errors(n)]
-        spread = {n: fmt(None if r.spread(n) is None else 100 * r.spread(n),
-                         5, 0, "%") for n in SERVER_ORDER}
-        print(f"{r.scenario:10s} {r.connections:5d} {r.unit:>6s} "
-              f"{fmt(r.mean('nginx'), 12)} {spread['nginx']} "
-              f"{fmt(r.mean('ours'), 12)} {spread['ours']} "
-              f"{fmt(r.ratio(), 10, 2)}"
-              + (f"   !! {'; '.join(errs)}" if errs else ""))
+def print_tables(results: list[ScenarioResult], names: list[str],
+                 labels: dict[str, dict[str, str]], args: argparse.Namespace) -> None:
+    print(f"\n{args.rounds} round(s) x {args.seconds}s per server and scenario, "
+          f"ABBA order, wrk -t{args.wrk_threads}, load generator on CPU "
+          f"{args.client_cpu}, docroot under {args.tmpdir or tempfile.gettempdir()}. "
+          f"Figures are means of rounds; '±' is the (max-min)/mean spread of rounds; "
+          f"cpu = server CPU time per request.")
+    refs = [n for n in ("nginx", "ours", "base") if n in names]
+    for mode in args.mode_list:
+        print(f"\n== {mode} " + ("(servers on CPU %d)" % args.server_cpu
+                                 if mode == "pinned" else "(servers unpinned)"))
+        for name in names:
+            print(f"  {name:8s} = {labels[mode].get(name, '-')}")
+        header = (f"{'scenario':10s} {'unit':>8s} {'server':8s} {'figure':>11s} "
+                  f"{'±':>4s} {'p99 ms':>7s} {'cpu us':>7s}"
+                  + "".join(f" {'/' + r:>7s}" for r in refs))
+        print(header)
+        print("-" * len(header))
+        for r in (r for r in results if r.mode == mode):
+            first = True
+            for name in names:
+                if name not in r.rounds:
+                    continue
+                spread = r.spread(name)
+                errs = r.errors(name)
+                print(f"{r.scenario.name if first else '':10s} "
+                      f"{r.scenario.unit if first else '':>8s} {name:8s} "
+                      f"{fmt(r.mean(name), 11)} "
+                      f"{fmt(None if spread is None else 100 * spread, 4, 0, '%')} "
+                      f"{fmt(r.mean(name, 'p99_ms'), 7, 2)} "
+                      f"{fmt(r.mean(name, 'cpu_us'), 7)}"
+                      + "".join(f" {fmt(r.ratio(name, ref), 7, 2)}" for ref in refs)
+                      + (f"   !! {errs} errors" if errs else ""))
+                first = False
+        idle = [r for r in results if r.mode == mode and r.scenario.kind == "idle"]
+        for r in idle:
+            print("RSS at start (MiB): " + ", ".join(
+                f"{n} {r.rounds[n][0]['rss_start_kib'] / 1024:.1f}"
+                for n in names if n in r.rounds))
+    if {"pinned", "unpinned"} <= set(args.mode_list):
+        print("\n== unpinned / pinned (same server, same scenario)")
+        for r in (r for r in results if r.mode == "unpinned"):
+            pinned = next((p for p in results if p.mode == "pinned"
+                           and p.scenario == r.scenario), None)
+            if pinned is None or r.scenario.kind == "idle":
+                continue
+            cells = []
+            for name in names:
+                a, b = r.mean(name), pinned.mean(name)
+                if a is not None and b:
+                    cells.append(f"{name} {a / b:.2f}")
+            print(f"{r.scenario.name:10s} " + ", ".join(cells))
 
 
-def json_report(results: list[ScenarioResult], servers: list[Server],
+def json_report(results: list[ScenarioResult], labels: dict[str, dict[str, str]],
                 args: argparse.Namespace) -> dict:
     return {
         "settings": {k: getattr(args, k) for k in (
-            "seconds", "rounds", "warmup", "connections", "large_connections",
-            "wrk_threads", "dry_run")},
-        "servers": {s.name: s.label for s in servers},
+            "seconds", "rounds", "warmup", "wrk_threads", "dry_run", "baseline",
+            "variant", "mode_list", "server_cpu", "client_cpu")},
+        "servers": labels,
         "scenarios": [{
-            "scenario": r.scenario, "unit": r.unit, "connections": r.connections,
-            "nginx": r.mean("nginx"), "ours": r.mean("ours"), "ratio": r.ratio(),
-            "errors": {n: r.errors(n) for n in SERVER_ORDER},
+            "mode": r.mode, "scenario": r.scenario.name, "unit": r.scenario.unit,
+            "connections": r.scenario.connections,
+            "means": {n: r.mean(n) for n in r.rounds},
             "rounds": r.rounds,
         } for r in results],
     }
@@ -597,7 +870,8 @@ def json_report(results: list[ScenarioResult], servers: list[Server],
 
 
 def worker_count(args: argparse.Namespace) -> int:
-    """nginx workers: ours' --worker-processes/-W if given, else --nginx-workers."""
+    """nginx workers when unpinned: --nginx-workers, else ours'
+    --worker-processes/-W, else 2."""
     if args.nginx_workers:
         return args.nginx_workers
     tokens = shlex.split(args.mogstored_args)
@@ -623,30 +897,39 @@ def default_tmpdir() -> str | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Benchmark mogstored against nginx; prints ours/nginx ratios.",
+        description="Benchmark mogstored against nginx and other revisions; "
+                    "prints ratios.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--only", default=",".join(SCENARIOS),
                    help="comma-separated scenarios to run")
-    p.add_argument("--seconds", type=int, default=5,
+    p.add_argument("--modes", default="pinned,unpinned",
+                   help="pinned and/or unpinned (see the docstring)")
+    p.add_argument("--seconds", type=int, default=4,
                    help="length of one timed round (whole seconds, wrk's unit)")
     p.add_argument("--rounds", type=int, default=2,
                    help="timed rounds per server and scenario (ABBA order)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed seconds per server before each scenario (0: none)")
-    p.add_argument("--connections", type=int, default=50,
-                   help="keep-alive connections for small_get and put_64k")
-    p.add_argument("--large-connections", type=int, default=4,
-                   help="parallel connections for large_get and put_16m")
-    p.add_argument("--wrk-threads", type=int, default=2, help="wrk -t")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk -t")
+    p.add_argument("--server-cpu", type=int, default=1,
+                   help="the CPU servers are pinned to in pinned mode")
+    p.add_argument("--client-cpu", type=int, default=0,
+                   help="the CPU the load generators run on (both modes)")
     p.add_argument("--servers", default="nginx,ours",
-                   help="which servers to run: nginx, ours, or both")
+                   help="nginx and/or ours (a --baseline and --variants are added)")
+    p.add_argument("--baseline", metavar="REF",
+                   help="also run git revision REF of this project (from a "
+                        "temporary worktree) as server 'base'")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                   help="also run ours with extra ARGS as server NAME "
+                        "(repeatable; {metrics} in ARGS: a port to scrape)")
     p.add_argument("--mogstored-cmd", default=f"{sys.executable} -m mogstored",
                    help="command that starts our daemon (run from the repo root)")
     p.add_argument("--mogstored-args", default="",
-                   help="extra arguments for our daemon")
+                   help="extra arguments for every revision of our daemon")
     p.add_argument("--nginx-workers", type=int, default=0,
-                   help="nginx worker_processes (default: ours' "
-                        "--worker-processes/-W, else 2)")
+                   help="nginx worker_processes when unpinned (default: ours' "
+                        "--worker-processes/-W, else 2); pinned: always 1")
     p.add_argument("--dry-run", action="store_true",
                    help="run a second nginx in place of ours (tests this script; "
                         "ratios show the noise floor)")
@@ -654,68 +937,115 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tmpdir", default=default_tmpdir(),
                    help="where to create the temp dir holding the docroot "
                         "(~0.5 GiB); /dev/shm by default so that the figures "
-                        "are about the servers, not the disk: pass e.g. /tmp "
-                        "to include a real filesystem")
+                        "are about the servers, not the disk")
     p.add_argument("--json", action="store_true",
-                   help="print a JSON report on stdout instead of the table")
+                   help="print a JSON report on stdout instead of the tables")
+    p.add_argument("--mgmt-load", nargs=5, metavar=("HOST:PORT", "CMD", "DEPTH",
+                                                    "CONNS", "SECONDS"),
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.mgmt_load:
+        return args
     args.only_list = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.only_list if s not in SCENARIOS]
     if unknown or not args.only_list:
         p.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.mode_list or set(args.mode_list) - {"pinned", "unpinned"}:
+        p.error(f"--modes takes pinned and/or unpinned, got {args.modes!r}")
     args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not args.server_list or set(args.server_list) - set(SERVER_ORDER):
+    if set(args.server_list) - {"nginx", "ours"}:
         p.error(f"--servers takes nginx and/or ours, got {args.servers!r}")
-    if min(args.seconds, args.rounds, args.connections,
-           args.large_connections, args.wrk_threads) < 1:
-        p.error("--seconds, --rounds, --connections, --large-connections and "
-                "--wrk-threads must be >= 1")
+    for v in args.variant:
+        if "=" not in v or v.split("=", 1)[0] in ("nginx", "ours", "base", ""):
+            p.error(f"--variant takes NAME=ARGS with a new NAME, got {v!r}")
+    if min(args.seconds, args.rounds, args.wrk_threads) < 1:
+        p.error("--seconds, --rounds and --wrk-threads must be >= 1")
     return args
 
 
-def start_servers(args: argparse.Namespace, base: Path,
-                  docroot: Path, servers: list[Server]) -> None:
-    """Start the requested servers, appending each to `servers` at once so the
-    caller's cleanup sees it even if a later start fails."""
-    workers = worker_count(args)
-    for name in SERVER_ORDER:
-        if name not in args.server_list:
-            continue
-        if name == "nginx":
-            server = start_nginx("nginx", base / "nginx", docroot, workers)
-        elif args.dry_run:
-            server = start_nginx("ours", base / "ours-nginx", docroot, workers)
-            server.label = f"DRY RUN: second {server.label}"
+def server_specs(args: argparse.Namespace, base_src: Path | None) -> list[ServerSpec]:
+    specs = []
+    if "nginx" in args.server_list:
+        specs.append(ServerSpec("nginx", "nginx"))
+    if "ours" in args.server_list:
+        specs.append(ServerSpec("ours", "nginx") if args.dry_run else
+                     ServerSpec("ours", "mogstored", args.mogstored_cmd,
+                                REPO_ROOT, args.mogstored_args))
+    if base_src is not None:
+        specs.append(ServerSpec("base", "mogstored", f"{sys.executable} -m mogstored",
+                                base_src, args.mogstored_args))
+    for v in args.variant:
+        name, extra = v.split("=", 1)
+        specs.append(ServerSpec(name, "mogstored", args.mogstored_cmd, REPO_ROOT,
+                                f"{args.mogstored_args} {extra}"))
+    return specs
+
+
+def start_servers(specs: list[ServerSpec], mode: str, args: argparse.Namespace,
+                  workdir: Path, docroot: Path, servers: list[Server]) -> None:
+    """Start every server for one mode, appending each to `servers` at once so
+    the caller's cleanup sees it even if a later start fails."""
+    cpu = args.server_cpu if mode == "pinned" else None
+    workers = 1 if mode == "pinned" else worker_count(args)
+    for spec in specs:
+        where = workdir / f"{mode}-{spec.name}"
+        if spec.kind == "nginx":
+            server = start_nginx(spec, where, docroot, workers, cpu)
         else:
-            server = start_mogstored(args.mogstored_cmd, args.mogstored_args,
-                                     base / "ours", docroot)
+            server = start_mogstored(spec, where, docroot, cpu)
         servers.append(server)
-        log(f"started {name} (pid {server.proc.pid}, port {server.port}): "
-            f"{server.label}")
+        log(f"{mode}: started {spec.name} (pid {server.proc.pid}, port "
+            f"{server.port}): {server.label}")
         wait_ready(server, args.startup_timeout)
+        time.sleep(0.5)
+        server.rss_start_kib = server.rss_kib()
 
 
-def run(args: argparse.Namespace, base: Path, servers: list[Server]) -> int:
-    ensure_wrk()
+def add_baseline(ref: str, base: Path) -> Path:
+    src = base / "baseline-src"
+    proc = subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach",
+                           str(src), ref], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchError(f"git worktree add {ref}: {proc.stderr.strip()}")
+    log(f"baseline {ref} checked out in {src}")
+    return src
+
+
+def run(args: argparse.Namespace, base: Path, servers: list[Server],
+        base_src: Path | None) -> int:
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk not found: apt-get install -y wrk")
     scenarios = [SCENARIOS[name] for name in args.only_list]
     docroot = base / "docroot"
     (docroot / "dev1").mkdir(parents=True)
     fixtures = make_fixtures(docroot, scenarios, args.wrk_threads)
-    start_servers(args, base, docroot, servers)
-    for server in servers:
-        check_server(server, docroot, fixtures)
-        log(f"{server.name}: GET and PUT round-trips are correct")
-    results = [run_scenario(s, servers, base, args) for s in scenarios]
+    specs = server_specs(args, base_src)
+    results: list[ScenarioResult] = []
+    labels: dict[str, dict[str, str]] = {}
+    for mode in args.mode_list:
+        start_servers(specs, mode, args, base, docroot, servers)
+        for server in servers:
+            check_server(server, docroot, fixtures)
+        log(f"{mode}: every server's GET, PUT and size are correct")
+        labels[mode] = {s.name: s.label for s in servers}
+        results += [run_scenario(mode, s, servers, base, args) for s in scenarios]
+        while servers:  # main() stops whatever is left here on errors
+            stop_server(servers.pop())
+    names = [s.name for s in specs]
     if args.json:
-        print(json.dumps(json_report(results, servers, args), indent=2))
+        print(json.dumps(json_report(results, labels, args), indent=2, default=str))
     else:
-        print_table(results, servers, args)
-    had_errors = any(r.errors(n) for r in results for n in SERVER_ORDER)
-    return 1 if had_errors else 0
+        print_tables(results, names, labels, args)
+    return 1 if any(r.errors(n) for r in results for n in names) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.mgmt_load:
+        target, command, depth, conns, seconds = args.mgmt_load
+        mgmt_load(target, command, int(depth), int(conns), float(seconds))
+        return 0
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally block below runs.
     def _terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -726,8 +1056,11 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="mogbench-", dir=args.tmpdir))
     log(f"working in {base}")
     servers: list[Server] = []
+    base_src: Path | None = None
     try:
-        return run(args, base, servers)
+        if args.baseline:
+            base_src = add_baseline(args.baseline, base)
+        return run(args, base, servers, base_src)
     except BenchError as exc:
         log(f"FAILED: {exc}")
         return 1
@@ -740,6 +1073,9 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, signal.SIG_IGN)
         for server in reversed(servers):
             stop_server(server)
+        if base_src is not None:
+            subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove",
+                            "--force", str(base_src)], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import calendar
+import contextlib
 import email.utils
 import os
 import re
@@ -17,6 +18,9 @@ from typing import Callable, Iterator
 import pytest
 
 HOST = "127.0.0.1"
+# The daemon runs with its own cwd: make it import this checkout's package, not
+# whichever one is pip-installed (another worktree's, in development).
+REPO = str(Path(__file__).resolve().parents[1])
 
 # Daemons started by the tests (cwd elsewhere) import this checkout's package, not whatever
 # checkout an editable install points at.
@@ -208,7 +212,8 @@ class Daemon:
 
     def __init__(self, root: Path, devices: tuple[int, ...] = (1, 2), args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None, http: bool = True, mgmt: bool = True,
-                 wait: bool = True) -> None:
+                 wait: bool = True, wrap: tuple[str, ...] = ()) -> None:
+        """``wrap``: a command the daemon runs under (e.g. strace ... --)."""
         self.root = root
         self.docroot = root / "docroot"
         self.docroot.mkdir(parents=True, exist_ok=True)
@@ -217,7 +222,7 @@ class Daemon:
         self.http_port = free_port() if http else None
         self.mgmt_port = free_port() if mgmt else None
         self.stderr_path = root / "stderr.log"
-        cmd = [sys.executable, "-m", "mogstored", f"--docroot={self.docroot}"]
+        cmd = [*wrap, sys.executable, "-m", "mogstored", f"--docroot={self.docroot}"]
         if http:
             cmd.append(f"--httplisten={HOST}:{self.http_port}")
         if mgmt:
@@ -225,6 +230,7 @@ class Daemon:
         cmd += args
         full_env = dict(os.environ)
         full_env.update(QUIET_IOSTAT)
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
         full_env.update(env or {})
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -289,3 +295,24 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = Daemon(tmp_path_factory.mktemp("shared"))
     yield d
     d.kill()
+
+
+@contextlib.contextmanager
+def mounted(path: Path, fstype: str, image_dir: Path, size_mb: int = 64) -> Iterator[Path]:
+    """A real filesystem on ``path`` for the block: ``ext4`` on a loop device
+    (an image file in ``image_dir``) or a ``tmpfs``; unmounted afterwards."""
+    path.mkdir(parents=True, exist_ok=True)
+    if fstype == "ext4":
+        image = image_dir / f"{path.name}.ext4"
+        with open(image, "wb") as f:
+            f.truncate(size_mb << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop", str(image), str(path)], check=True)
+    else:
+        subprocess.run(["mount", "-t", fstype, "-o", f"size={size_mb}m", fstype, str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+        if fstype == "ext4":
+            image.unlink()

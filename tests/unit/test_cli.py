@@ -108,7 +108,7 @@ def test_no_c_short_option():
 
 def test_ambiguous_prefix():
     assert usage_error("--d") == (
-        f"{ARGV0}: option '--d' is ambiguous; possibilities: '--daemonize' '--docroot'\n{TRY}"
+        f"{ARGV0}: option '--d' is ambiguous; possibilities: '--daemonize' '--docroot' '--durable'\n{TRY}"
     )
     # hidden options take part in prefix matching
     assert "'--server' '--skipconfig'" in usage_error("--s")
@@ -411,3 +411,16 @@ def test_inherited_fds_skip_daemonizing_but_still_validate(root):
     env = {**ENV, "CMOGSTORED_FD": "3"}
     assert load("-d", f"--docroot={root}/d1", environ=env).daemonize is False
     assert "must use an absolute path" in startup_error("-d", "--docroot=d1", environ=env)
+
+
+def test_durable_and_mountcheck_flags(root):
+    service = load("--docroot=d1").services[0]
+    assert (service.durable, service.mountcheck) == (False, False)
+    service = load("--docroot=d1", "--durable", "--mountc").services[0]
+    assert (service.durable, service.mountcheck) == (True, True)
+    assert "doesn't allow an argument" in usage_error("--durable=1")
+    conf = root / "m.conf"
+    conf.write_text("docroot = d1\ndurable = 1\nmountcheck = 0\n")
+    service = load(f"--config={conf}").services[0]
+    assert (service.durable, service.mountcheck) == (True, False)
+    assert load(f"--config={conf}", "--mountcheck").services[0].mountcheck is True

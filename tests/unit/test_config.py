@@ -216,3 +216,13 @@ def test_yaml_not_chosen_for_other_names(tmp_path, warnings):
     # "docroot: /x" is no key = value statement: ignored with a warning, not YAML
     cfg = load(tmp_path, "docroot: /x\n", warnings, "m.conf")
     assert cfg.docroot is None and len(warnings) == 1
+
+
+def test_durable_and_mountcheck_keys(tmp_path, warnings):
+    cfg = load(tmp_path, "", warnings)
+    assert (cfg.durable, cfg.mountcheck) == (False, False)
+    cfg = load(tmp_path, "durable = 1\nmountcheck\n", warnings)
+    assert (cfg.durable, cfg.mountcheck) == (True, True)
+    cfg = load(tmp_path, "durable: true\nmountcheck: 0\n", warnings, "m.yaml")
+    assert (cfg.durable, cfg.mountcheck) == (True, False)
+    assert warnings == []

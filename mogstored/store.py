@@ -1,0 +1,150 @@
+"""How a PUT's file comes into being, and what a crash may leave of it.
+
+A PUT body is written into an unnamed ``O_TMPFILE`` inode in the target's
+directory and given its name only once complete, so a crash at any point leaves
+nothing behind (the kernel frees the unnamed inode).  Where a filesystem refuses
+``O_TMPFILE`` the body goes to a named temp file; :func:`sweep` removes such
+files left by dead processes.  Readers see the old file or the new one, never a
+mix: the new name appears with ``linkat``/``rename``, each atomic.
+
+With ``durable`` the data reaches stable storage before the name does
+(``fdatasync`` before the link or rename) and the name before the answer
+(``fsync`` of the directory after it).
+
+Every operation is relative to a directory fd from :class:`fs.Docroot`, so the
+path confinement below ``devN`` holds here too.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import time
+
+from . import log
+from .fs import sync_dir
+
+# The named temp file's pattern: <name>.<8 hex digits>.<pid>.tmp
+_TMP_NAME = re.compile(r".+\.[0-9a-f]{8}\.([0-9]+)\.tmp\Z", re.ASCII)
+_started = time.time()  # sweeps spare temp files younger than this process
+
+
+def _restart_clock() -> None:
+    global _started
+    _started = time.time()
+
+
+os.register_at_fork(after_in_child=_restart_clock)  # a respawned worker sweeps its predecessor's
+# Test seam: no filesystem the CI kernel offers refuses O_TMPFILE.
+_use_tmpfile = os.environ.get("MOG_NO_TMPFILE", "") in ("", "0")
+_TMPFILE_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR)  # the filesystem, the kernel
+
+
+def _tmp_name(name: str) -> str:
+    return f"{name}.{os.urandom(4).hex()}.{os.getpid()}.tmp"
+
+
+def create(dirfd: int, name: str) -> tuple[int, str | None]:
+    """A file to write ``name``'s new content into: (fd, None) for an unnamed
+    one, (fd, temp name) where the filesystem refuses ``O_TMPFILE``."""
+    if _use_tmpfile:
+        try:
+            return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dirfd), None
+        except OSError as e:
+            if e.errno not in _TMPFILE_REFUSED:
+                raise
+    for _ in range(2):
+        tmp = _tmp_name(name)
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_CLOEXEC,
+                           0o600, dir_fd=dirfd), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+
+
+def commit(fd: int, tmpname: str | None, dirfd: int, name: str, durable: bool,
+           in_place: bool = False) -> None:
+    """Give the complete file ``fd`` the name ``name`` in ``dirfd``, replacing
+    any old file atomically.  On failure the old file is untouched and no new
+    name remains (the caller still discards a named ``tmpname``).  ``in_place``
+    (a Content-Range PUT, written into ``name`` itself) only syncs."""
+    if durable:
+        os.fdatasync(fd)
+    if in_place:
+        pass  # the name exists already
+    elif tmpname is None:
+        _link_unnamed(fd, dirfd, name)
+    else:
+        os.rename(tmpname, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    if durable:
+        sync_dir(dirfd)
+
+
+def _link_unnamed(fd: int, dirfd: int, name: str) -> None:
+    """linkat(AT_FDCWD, "/proc/self/fd/N", dirfd, name, AT_SYMLINK_FOLLOW):
+    needs no CAP_DAC_READ_SEARCH, unlike AT_EMPTY_PATH.  An existing target
+    makes it EEXIST; then link under a temp name and rename that over it."""
+    proc = f"/proc/self/fd/{fd}"
+    try:
+        os.link(proc, name, dst_dir_fd=dirfd, follow_symlinks=True)
+        return
+    except FileExistsError:
+        pass
+    for _ in range(2):
+        tmp = _tmp_name(name)
+        try:
+            os.link(proc, tmp, dst_dir_fd=dirfd, follow_symlinks=True)
+        except FileExistsError:
+            continue
+        try:
+            os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        except BaseException:
+            discard(dirfd, tmp)
+            raise
+        return
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+
+
+def discard(dirfd: int, tmpname: str) -> None:
+    try:
+        os.unlink(tmpname, dir_fd=dirfd)
+    except OSError as e:
+        log.error(f"Failed to unlink {tmpname}: {e.strerror}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def sweep(devfd: int, devname: str) -> int:
+    """Remove named temp files that no live process writes any more: only
+    names of our own pattern, older than this process, whose writer's pid is
+    gone (another worker's or an old process's PUT in flight is kept).
+    ``devfd`` is the device directory; symlinks are never followed.  Returns
+    how many were removed."""
+    removed = 0
+    for _, _, files, dfd in os.fwalk(".", dir_fd=devfd):
+        for fname in files:
+            m = _TMP_NAME.match(fname)
+            if m is None:
+                continue
+            try:
+                st = os.stat(fname, dir_fd=dfd, follow_symlinks=False)
+                if (not stat.S_ISREG(st.st_mode) or st.st_mtime >= _started
+                        or _pid_alive(int(m.group(1)))):
+                    continue
+                os.unlink(fname, dir_fd=dfd)
+            except FileNotFoundError:
+                continue
+            removed += 1
+    if removed:
+        log.info(f"{devname}: removed {removed} temp file(s) left by a crash")
+    return removed
