@@ -1,5 +1,5 @@
 """Logging as cmogstored does it: syslog (LOG_DAEMON, LOG_PID), mirrored on stderr
-as ``mogstored[<pid>]: <message>`` while the process is not daemonised.
+as ``cmogstored[<pid>]: <message>`` while the process is not daemonised.
 
 No per-request logging: only notable events, so the hot path never formats text.
 """
@@ -10,7 +10,7 @@ import sys
 import syslog
 import threading
 
-IDENT = "mogstored"
+IDENT = "cmogstored"  # §1.8: the ident and stderr prefix operators grep for
 _lock = threading.Lock()
 _to_stderr = True
 _opened = False

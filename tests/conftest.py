@@ -23,6 +23,13 @@ HOST = "127.0.0.1"
 REPO = str(Path(__file__).resolve().parent.parent)
 os.environ["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])])
 
+# Daemons started by the tests (cwd elsewhere) import this checkout's package, not whatever
+# checkout an editable install points at.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+)
+
 
 QUIET_IOSTAT = {"MOG_IOSTAT_CMD": "sleep 86400"}  # no output; tests that watch set their own
 

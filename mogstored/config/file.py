@@ -47,7 +47,7 @@ def check_server(word: str, warn: Warn) -> str:
     if word == "perlbal":
         warn("W: using internal HTTP for 'server = perlbal' instead")
     elif word != "none":
-        raise StartupError(f"E: 'server = {word}' not understood by mogstored")
+        raise StartupError(f"E: 'server = {word}' not understood by cmogstored")
     return word
 
 

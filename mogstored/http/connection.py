@@ -16,10 +16,10 @@ from mogstored.http.dav import DeleteTransfer
 from mogstored.http.get import GetTransfer
 from mogstored.http.parser import (
     MAX_HEAD,
+    HeadParser,
     HttpError,
     Request,
     check_put_framing,
-    parse_head,
     resolve_range,
 )
 from mogstored.http.paths import refusal
@@ -48,6 +48,7 @@ class HttpConnection:
         "eof",
         "fd",
         "get_only",
+        "head",
         "inbuf",
         "keepalive",
         "out",
@@ -73,6 +74,7 @@ class HttpConnection:
         self.pool: Pool = svc.ioq.shared  # the current request's device pool
         self.keepalive = False  # of the current answer
         self.transfer: Transfer = NO_TRANSFER
+        self.head = HeadParser()  # the next request's head, judged as its bytes arrive
         # Kept from the start: after a reset getpeername() fails, yet the log names the peer.
         try:
             host, port = sock.getpeername()[:2]
@@ -98,18 +100,23 @@ class HttpConnection:
 
     # -- reading and dispatching requests --------------------------------
     def _read_head(self) -> Next:
+        drained = False  # the last recv got less than asked: nothing more is queued
         while True:
             try:
-                parsed = parse_head(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
+                parsed = self.head.parse(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
             except HttpError as e:
                 return self.fail(e.status)
             if parsed is not None:
                 req, self.pos = parsed
+                self.head = HeadParser()
                 return self._dispatch(req)
             if self.eof:
                 return Next.CLOSE
+            if drained:
+                return Next.READ  # one recv per wake-up for heads trickling in
+            want = MAX_HEAD + 1 - (len(self.inbuf) - self.pos)
             try:
-                data = self.sock.recv(MAX_HEAD + 1 - (len(self.inbuf) - self.pos))
+                data = self.sock.recv(want)
             except BlockingIOError:
                 # Shutting down: closed only once nothing at all has arrived (a
                 # request already sent is answered, not reset by the close).
@@ -119,6 +126,7 @@ class HttpConnection:
             if not data:
                 self.eof = True
                 continue
+            drained = len(data) < want
             if self.pos:
                 del self.inbuf[: self.pos]
                 self.pos = 0
@@ -220,6 +228,10 @@ class HttpConnection:
             return Next.ACTIVE  # pipelined: behind the other ready clients
         self.inbuf.clear()
         self.pos = 0
-        if self.eof or self.svc.process.quitting:
+        if self.eof:
             return Next.CLOSE
+        if self.svc.process.quitting:
+            # The socket may hold the start of the next request (a PUT body read to its
+            # last byte leaves it there): _read_head answers it, or closes if none came.
+            return Next.ACTIVE
         return Next.READ

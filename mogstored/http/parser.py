@@ -5,22 +5,31 @@ HttpError carrying the status to answer (always with Connection: close).
 
 The grammar is stricter than h11 and differs from it on purpose (fixed method set, a tiny
 path alphabet, prefix matching of Connection/Trailer, lenient chunk framing), so it is a
-hand-made regex parser in h11's sans-IO style rather than a wrapper around h11.  All regexes
-use possessive quantifiers so that hostile 64 KiB heads cannot make them backtrack.
+hand-made incremental state machine in h11's sans-IO style rather than a wrapper around h11.
+Regexes only skip runs of bytes inside one state; all use possessive quantifiers, so they
+never backtrack.
 """
 
 from __future__ import annotations
 
 import binascii
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_HEAD = 65535
 _OFF_MAX = 1 << 63  # numbers >= this are an overflow (off_t) -> 507
 _PATH_MAX = 37  # longest legal path: /dev16777215/0/000/000/0123456789.fid
 _PATH_END_MAX = 255  # 1.2.1 keeps path offsets in a byte (§8)
-_MAX_TRAILERS = MAX_HEAD  # bound on buffered chunked trailer bytes
 
+
+
+def _run_end(pattern: re.Pattern[bytes], buf: bytes | bytearray | memoryview, pos: int, end: int | None = None) -> int:
+    """Where a run of ``pattern`` (a ``*`` pattern: it always matches) starting at ``pos`` ends."""
+    m = pattern.match(buf, pos) if end is None else pattern.match(buf, pos, end)
+    assert m is not None
+    return m.end()
 
 class HttpError(Exception):
     """A request the server answers with `status` (400 or 507) and then closes."""
@@ -43,19 +52,6 @@ class Request:
     content_range: tuple[int, int] | None = None
 
 
-_REQUEST_LINE = re.compile(
-    rb"(GET|HEAD|PUT|DELETE|MKCOL) (?:http://[^/ \r\n]++)?/++([A-Za-z0-9/.-]*+) HTTP/1\.([01])\r\n"
-)
-# name ":" [OWS, obs-fold allowed only here] [value] [OWS] CRLF; value = words separated by
-# spaces, no control bytes (TAB only as leading/trailing OWS), bytes >= 0x80 allowed.
-_VCHAR = rb"[^\x00-\x20\x7f]"
-_HEADER = re.compile(
-    rb"([A-Za-z0-9-]++):(?:[ \t]|\r\n[ \t])*+((?:"
-    + _VCHAR
-    + rb"++(?: ++"
-    + _VCHAR
-    + rb"++)*+)?+)[ \t]*+\r\n"
-)
 _DIGITS = re.compile(rb"[0-9]*+")
 _MD5_B64 = re.compile(rb"[A-Za-z0-9+/]{22}==")
 _PUT_PATH = re.compile(r"/dev[0-9]+/+[^/].*")
@@ -65,9 +61,7 @@ def _number(value: bytes, pos: int) -> tuple[int | None, int]:
     """Decimal digits at value[pos:] -> (number or None if no digit, end); >= 2^63 -> 507.
 
     Leading zeros are stripped first: they are legal and int() refuses > 4300 digits."""
-    m = _DIGITS.match(value, pos)
-    assert m is not None  # [0-9]*+ matches anywhere
-    end = m.end()
+    end = _run_end(_DIGITS, value, pos)
     if end == pos:
         return None, end
     digits = value[pos:end].lstrip(b"0")
@@ -127,11 +121,7 @@ def parse_md5(value: bytes) -> bytes:
 
 
 def _apply_header(req: Request, name: bytes, value: bytes) -> None:
-    """Record a recognised header; unknown ones were already syntax-checked by _HEADER."""
-    n = len(name)
-    if n not in (5, 7, 10, 11, 13, 14, 17):
-        return
-    name = name.lower()
+    """Record a recognised header (`name` lowercased; the others were only syntax-checked)."""
     if name == b"content-length":
         _content_length(req, value)
     elif name == b"transfer-encoding":
@@ -153,79 +143,378 @@ def _apply_header(req: Request, name: bytes, value: bytes) -> None:
         req.trailer_md5 = True
 
 
-def _request_line(buf: bytes | bytearray, start: int, endpos: int) -> tuple[Request, int]:
-    m = _REQUEST_LINE.match(buf, start, endpos)
-    if m is None:
-        raise HttpError(400)
-    rest = m.group(2)
-    if len(rest) >= _PATH_MAX or m.end(2) - start > _PATH_END_MAX:
-        raise HttpError(400)
-    method = m.group(1).decode()
-    req = Request(method, "/" + rest.decode(), m.group(3) == b"1")
-    return req, m.end()
+# -- the head: an incremental state machine -----------------------------------------
+#
+# Like cmogstored's ragel parser, every byte is judged as it arrives: a prefix that can no
+# longer begin or continue a valid head is a 400 at once, without waiting for a line end, and
+# a call resumes exactly where the previous one stopped (trickled heads cost O(n) in total).
+# Runs of bytes that need no decision (names, values, paths) are skipped with one regex match.
+
+_METHODS = (b"GET ", b"HEAD ", b"PUT ", b"DELETE ", b"MKCOL ")
+_SCHEME = b"http://"
+_VERSION = b" HTTP/1."
+_NAME_RUN = re.compile(rb"[A-Za-z0-9-]*+")
+_WORD_RUN = re.compile(rb"[^\x00-\x20\x7f]*+")  # value characters (bytes >= 0x80 allowed)
+_SPACE_RUN = re.compile(rb" *+")
+_OWS_RUN = re.compile(rb"[ \t]*+")
+_HOST_RUN = re.compile(rb"[^/ \r\n]*+")
+_SLASH_RUN = re.compile(rb"/*+")
+_PATH_RUN = re.compile(rb"[A-Za-z0-9/.-]*+")
+_SP, _HT, _CR, _LF, _COLON, _SLASH = 0x20, 0x09, 0x0D, 0x0A, 0x3A, 0x2F
+# Shortcuts for complete lines without folds or empty values, accepting exactly what the
+# states below accept for them (so they change speed, not the grammar).
+_WHOLE_LINE = re.compile(
+    rb"([A-Za-z0-9-]++):[ \t]*+([^\x00-\x20\x7f]++(?: ++[^\x00-\x20\x7f]++)*+)[ \t]*+\r\n"
+)
+_WHOLE_REQUEST_LINE = re.compile(
+    rb"(GET|HEAD|PUT|DELETE|MKCOL) (?:http://[^/ \r\n]++)?/++([A-Za-z0-9/.-]*+) HTTP/1\.([01])\r\n"
+)
+
+# Header-line states
+_F_LINE = 0  # start of a line: a name, a fold (after an empty value) or the final CRLF
+_F_END_LF = 1  # LF of the final empty line
+_F_NAME = 2
+_F_OWS = 3  # between ':' and the value (obs-fold allowed here only)
+_F_OWS_LF = 4  # LF after an empty value: the next line may fold
+_F_WORD = 5  # inside a value word
+_F_SPACES = 6  # spaces after a word: another word may follow
+_F_TRAIL = 7  # trailing OWS after a TAB: only CRLF may follow
+_F_LF = 8  # LF ending a line with a value
+_F_DONE = 9
+
+_HEAD_FIELDS = frozenset(
+    (b"content-length", b"transfer-encoding", b"connection", b"range", b"content-md5",
+     b"content-range", b"trailer")
+)
+_NAME_KEEP = 18  # longer names are of no interest (the longest wanted has 17 bytes)
 
 
-def _headers(req: Request, buf: bytes | bytearray, pos: int, endpos: int, partial: bool) -> None:
-    """Check and apply header lines in buf[pos:endpos] (which ends on a CRLF).
+class FieldLines:
+    """Incremental `name: value` lines up to the empty line (§3.2), for heads and trailers.
 
-    In partial mode the last line is not applied when its value is empty: an obs-fold
-    continuation may still arrive and supply the value."""
-    match = _HEADER.match
-    while pos < endpos:
-        h = match(buf, pos, endpos)
-        if h is None:
+    Only the values of `wanted` names are kept (at most MAX_HEAD bytes each, more is a 400),
+    so any number of lines of any length costs bounded memory; `on_field(name, value)` gets
+    each wanted field (name lowercased) once its line is complete."""
+
+    __slots__ = ("_keep", "_name", "_on_field", "_pending", "_spaces", "_state", "_value", "_wanted", "done")
+
+    def __init__(self, wanted: frozenset[bytes], on_field: Callable[[bytes, bytes], None]) -> None:
+        self.done = False
+        self._state = _F_LINE
+        self._wanted = wanted
+        self._on_field = on_field
+        self._name = bytearray()
+        self._value = bytearray()
+        self._keep = False  # this line's value is wanted
+        self._pending = False  # a line with an empty value ended: a fold may still follow
+        self._spaces = 0  # spaces after a word: inside the value if another word follows
+
+    def feed(self, buf: bytes | bytearray | memoryview, pos: int, end: int) -> int:
+        """Judge buf[pos:end] -> index where it stopped (past the empty line once done)."""
+        st = self._state
+        while pos < end:
+            c = buf[pos]
+            if st == _F_WORD:
+                run = _run_end(_WORD_RUN, buf, pos, end)
+                if self._keep and run > pos:
+                    self._add_value(buf, pos, run)
+                pos = run
+                if pos == end:
+                    break
+                c = buf[pos]
+                if c == _SP:
+                    st = _F_SPACES
+                    self._spaces = 0
+                    continue
+                elif c == _HT:
+                    st = _F_TRAIL
+                elif c == _CR:
+                    st = _F_LF
+                else:
+                    raise HttpError(400)
+                pos += 1
+            elif st == _F_SPACES:
+                run = _run_end(_SPACE_RUN, buf, pos, end)
+                self._spaces += run - pos
+                if run == end:
+                    pos = run
+                    break
+                c = buf[run]
+                if c == _HT:
+                    st = _F_TRAIL
+                elif c == _CR:
+                    st = _F_LF
+                elif c > _SP and c != 0x7F:
+                    if self._keep:
+                        self._add_value(b" " * self._spaces, 0, self._spaces)
+                    st = _F_WORD
+                    pos = run
+                    continue
+                else:
+                    raise HttpError(400)
+                pos = run + 1
+            elif st == _F_LINE:
+                if self._pending:
+                    self._pending = False
+                    if c == _SP or c == _HT:  # obs-fold: the value is still to come
+                        st = _F_OWS
+                        pos += 1
+                        continue
+                    self._field()
+                if c == _CR:
+                    st = _F_END_LF
+                else:
+                    line = _WHOLE_LINE.match(buf, pos, end)
+                    if line is not None:  # the usual case, in one step
+                        pos = line.end()
+                        self._whole_line(line.group(1), line.group(2))
+                        continue
+                    run = _run_end(_NAME_RUN, buf, pos, end)
+                    if run == pos:
+                        raise HttpError(400)  # continuation after a value, or no name
+                    self._name[:] = buf[pos : min(run, pos + _NAME_KEEP)]
+                    st = _F_NAME
+                    pos = run
+                    continue
+                pos += 1
+            elif st == _F_NAME:
+                run = _run_end(_NAME_RUN, buf, pos, end)
+                if len(self._name) < _NAME_KEEP:
+                    self._name += buf[pos : min(run, pos + _NAME_KEEP - len(self._name))]
+                pos = run
+                if pos == end:
+                    break
+                if buf[pos] != _COLON:
+                    raise HttpError(400)
+                name = bytes(self._name).lower()
+                self._keep = name in self._wanted
+                self._name[:] = name
+                self._value.clear()
+                st = _F_OWS
+                pos += 1
+            elif st == _F_OWS:
+                pos = _run_end(_OWS_RUN, buf, pos, end)
+                if pos == end:
+                    break
+                c = buf[pos]
+                if c == _CR:
+                    st = _F_OWS_LF
+                    pos += 1
+                elif c > _SP and c != 0x7F:
+                    st = _F_WORD
+                else:
+                    raise HttpError(400)
+            elif st == _F_LF or st == _F_OWS_LF:
+                if c != _LF:
+                    raise HttpError(400)  # bare CR
+                if st == _F_LF:
+                    self._field()
+                else:
+                    self._pending = True
+                st = _F_LINE
+                pos += 1
+            elif st == _F_TRAIL:
+                pos = _run_end(_OWS_RUN, buf, pos, end)
+                if pos == end:
+                    break
+                if buf[pos] != _CR:
+                    raise HttpError(400)
+                st = _F_LF
+                pos += 1
+            elif st == _F_END_LF:
+                if c != _LF:
+                    raise HttpError(400)
+                st = _F_DONE
+                self.done = True
+                pos += 1
+                break
+            else:  # _F_DONE: what follows is not ours
+                break
+        self._state = st
+        return pos
+
+    def _whole_line(self, name: bytes, value: bytes) -> None:
+        if len(name) < _NAME_KEEP:
+            name = name.lower()
+            if name in self._wanted:
+                if len(value) > MAX_HEAD:
+                    raise HttpError(400)
+                self._on_field(name, value)
+
+    def _add_value(self, buf: bytes | bytearray | memoryview, start: int, end: int) -> None:
+        if len(self._value) + end - start > MAX_HEAD:
             raise HttpError(400)
-        pos = h.end()
-        value = h.group(2)
-        if partial and pos == endpos and not value:
-            return
-        _apply_header(req, h.group(1), value)
+        self._value += buf[start:end]
+
+    def _field(self) -> None:
+        if self._keep:
+            self._on_field(bytes(self._name), bytes(self._value))
 
 
-def _line_start(buf: bytes | bytearray, start: int, pos: int) -> int:
-    """Index of the first byte of the line containing buf[pos] (not before start)."""
-    return max(buf.rfind(b"\n", start, pos) + 1, start)
+# Request-line states
+_R_METHOD = 0
+_R_TARGET = 1  # first byte of the target: '/' or the start of "http://"
+_R_SCHEME = 2
+_R_HOST0 = 3  # at least one host byte
+_R_HOST = 4
+_R_SLASHES = 5
+_R_PATH = 6
+_R_VERSION = 7  # " HTTP/1."
+_R_MINOR = 8
+_R_CR = 9
+_R_LF = 10
+_R_FIELDS = 11
 
 
-def _check_partial(buf: bytes | bytearray, start: int, seen: int, stop: int) -> None:
-    """Raise for errors in lines completed since `seen` (revisiting one line of context)."""
-    first_lf = buf.find(b"\n", seen, stop)
-    if first_lf < 0:
-        return
-    endpos = buf.rfind(b"\n", first_lf, stop) + 1
-    ls = _line_start(buf, start, first_lf)
-    if ls > start:  # the previous line may have been deferred (empty value)
-        ls = _line_start(buf, start, ls - 1)
-    while ls > start and buf[ls] in (0x20, 0x09):  # continuation: back to its header
-        ls = _line_start(buf, start, ls - 1)
-    if ls == start:
-        req, pos = _request_line(buf, start, endpos)
-    else:
-        req, pos = Request("GET", "/", True), ls
-    _headers(req, buf, pos, endpos, True)
+class HeadParser:
+    """One request head, parsed incrementally as its bytes arrive (one parser per request).
+
+    Call parse() with the same buffer and head start each time more bytes arrived; bytes
+    already judged are never looked at again."""
+
+    __slots__ = ("_fields", "_lit", "_method", "_off", "_path", "_req", "_state")
+
+    def __init__(self) -> None:
+        self._state = _R_METHOD
+        self._off = 0  # bytes of this head judged so far
+        self._lit = 0  # bytes of the current literal (method, scheme, version) matched
+        self._path = 0  # offset where the path proper starts (after the leading slashes)
+        self._method = b""
+        self._req: Request | None = None
+        self._fields: FieldLines | None = None
+
+    def parse(self, buf: bytes | bytearray, start: int = 0) -> tuple[Request, int] | None:
+        """The head at buf[start:] -> (request, index past the blank line), or None while it
+        is a valid but incomplete prefix.  HttpError as soon as it cannot be valid."""
+        end = min(len(buf), start + MAX_HEAD)
+        pos = start + self._off
+        if self._off == 0:
+            pos = self._whole_request_line(buf, start, end)
+        if self._state != _R_FIELDS:
+            pos = self._request_line(buf, start, pos, end)
+        if self._state == _R_FIELDS:
+            assert self._fields is not None and self._req is not None
+            pos = self._fields.feed(buf, pos, end)
+            if self._fields.done:
+                return self._req, pos
+        self._off = pos - start
+        if len(buf) - start >= MAX_HEAD:
+            raise HttpError(400)  # no end within 65535 bytes
+        return None
+
+    def _whole_request_line(self, buf: bytes | bytearray, start: int, end: int) -> int:
+        m = _WHOLE_REQUEST_LINE.match(buf, start, end)
+        if m is None or len(m.group(2)) >= _PATH_MAX or m.end(2) - start > _PATH_END_MAX:
+            return start  # incomplete or wrong: the states judge it byte by byte
+        req = self._req = Request(m.group(1).decode(), "/" + m.group(2).decode(), m.group(3) == b"1")
+        self._fields = FieldLines(_HEAD_FIELDS, functools.partial(_apply_header, req))
+        self._state = _R_FIELDS
+        return m.end()
+
+    def _literal(self, lit: bytes, buf: bytes | bytearray, pos: int, end: int) -> int:
+        """Match more of `lit` at buf[pos:end] -> new pos; self._lit == len(lit) when whole."""
+        k = self._lit
+        n = min(len(lit) - k, end - pos)
+        if buf[pos : pos + n] != lit[k : k + n]:
+            raise HttpError(400)
+        self._lit = k + n
+        return pos + n
+
+    def _request_line(self, buf: bytes | bytearray, start: int, pos: int, end: int) -> int:
+        st = self._state
+        while pos < end and st != _R_FIELDS:
+            if st == _R_METHOD:
+                k = self._lit
+                n = min(7 - k, end - pos)
+                word = self._method + bytes(buf[pos : pos + n])
+                for m in _METHODS:
+                    if word.startswith(m):
+                        pos += len(m) - k
+                        self._method = m[:-1]
+                        self._lit = 0
+                        st = _R_TARGET
+                        break
+                else:
+                    if not any(m.startswith(word) for m in _METHODS):
+                        raise HttpError(400)
+                    self._method = word
+                    self._lit = len(word)
+                    pos += n
+            elif st == _R_TARGET:
+                c = buf[pos]
+                if c == _SLASH:
+                    st = _R_SLASHES
+                elif c == _SCHEME[0]:
+                    st = _R_SCHEME
+                else:
+                    raise HttpError(400)
+            elif st == _R_SCHEME:
+                pos = self._literal(_SCHEME, buf, pos, end)
+                if self._lit == len(_SCHEME):
+                    self._lit = 0
+                    st = _R_HOST0
+            elif st == _R_HOST0 or st == _R_HOST:
+                run = _run_end(_HOST_RUN, buf, pos, end)
+                if run > pos:
+                    st = _R_HOST
+                pos = run
+                _check_path_end(pos - start)
+                if pos < end:
+                    if st == _R_HOST0 or buf[pos] != _SLASH:
+                        raise HttpError(400)  # no host, or no path after it
+                    st = _R_SLASHES
+            elif st == _R_SLASHES:
+                pos = _run_end(_SLASH_RUN, buf, pos, end)
+                _check_path_end(pos - start)
+                if pos < end:
+                    self._path = pos - start
+                    st = _R_PATH
+            elif st == _R_PATH:
+                pos = _run_end(_PATH_RUN, buf, pos, end)
+                _check_path_end(pos - start)
+                if pos - start - self._path >= _PATH_MAX:
+                    raise HttpError(400)  # 38+ bytes with the leading '/'
+                if pos < end:
+                    if buf[pos] != _SP:
+                        raise HttpError(400)
+                    path = bytes(buf[start + self._path : pos])
+                    self._req = Request(self._method.decode(), "/" + path.decode(), True)
+                    st = _R_VERSION
+            elif st == _R_VERSION:
+                pos = self._literal(_VERSION, buf, pos, end)
+                if self._lit == len(_VERSION):
+                    st = _R_MINOR
+            elif st == _R_MINOR:
+                c = buf[pos]
+                if c != 0x30 and c != 0x31:
+                    raise HttpError(400)
+                assert self._req is not None
+                self._req.keepalive = c == 0x31
+                st = _R_CR
+                pos += 1
+            elif st == _R_CR or st == _R_LF:
+                if buf[pos] != (_CR if st == _R_CR else _LF):
+                    raise HttpError(400)
+                pos += 1
+                if st == _R_CR:
+                    st = _R_LF
+                else:
+                    req = self._req
+                    assert req is not None
+                    self._fields = FieldLines(_HEAD_FIELDS, functools.partial(_apply_header, req))
+                    st = _R_FIELDS
+        self._state = st
+        return pos
 
 
-def parse_head(
-    buf: bytes | bytearray, start: int = 0, scanned_from: int = 0
-) -> tuple[Request, int] | None:
-    """Parse the request head at buf[start:] -> (request, index past the blank line), or None
-    while incomplete.  Errors raise HttpError as soon as the bytes show them.
+def _check_path_end(offset: int) -> None:
+    if offset > _PATH_END_MAX:
+        raise HttpError(400)  # the path would end beyond byte 255 of the request (§8)
 
-    `scanned_from`: pass len(buf) of the previous call that returned None for this same head
-    (indices in the same buffer) so that a head trickling in byte by byte costs O(n) in total
-    instead of O(n^2); 0 (the default) rescans from `start`, which is always correct."""
-    limit = start + MAX_HEAD
-    seen = min(max(start, scanned_from), len(buf))
-    end = buf.find(b"\r\n\r\n", max(start, seen - 3), limit)
-    if end >= 0:
-        hend = end + 2
-        req, pos = _request_line(buf, start, hend)
-        _headers(req, buf, pos, hend, False)
-        return req, end + 4
-    _check_partial(buf, start, seen, min(len(buf), limit))
-    if len(buf) - start >= MAX_HEAD:
-        raise HttpError(400)
-    return None
+
+def parse_head(buf: bytes | bytearray, start: int = 0) -> tuple[Request, int] | None:
+    """One-shot parse of the head at buf[start:] (see HeadParser.parse)."""
+    return HeadParser().parse(buf, start)
 
 
 def is_put_path(path: str) -> bool:
@@ -277,7 +566,7 @@ _ST_DONE = 8
 
 _HEX = re.compile(rb"[0-9A-Fa-f]*+")
 _CR_OR_LF = re.compile(rb"[\r\n]")
-_LF = re.compile(rb"\n")
+_TRAILER_FIELDS = frozenset((b"content-md5",))
 
 
 class ChunkedDecoder:
@@ -286,7 +575,7 @@ class ChunkedDecoder:
     Everything handed to decode() is consumed into the decoder's state (except bytes after
     the final CRLF), so callers need not keep unconsumed input around."""
 
-    __slots__ = ("_left", "_line", "_size", "_state", "_trailer_bytes", "done", "trailer_md5")
+    __slots__ = ("_left", "_size", "_state", "_trailers", "done", "trailer_md5")
 
     def __init__(self) -> None:
         self.done = False
@@ -294,8 +583,7 @@ class ChunkedDecoder:
         self._state = _ST_START
         self._size = 0
         self._left = 0
-        self._line = bytearray()
-        self._trailer_bytes = 0
+        self._trailers = FieldLines(_TRAILER_FIELDS, self._trailer)
 
     def decode(self, buf: memoryview) -> tuple[int, memoryview | None]:
         """Consume from buf[0:] -> (bytes consumed, body data slice of buf or None)."""
@@ -322,9 +610,7 @@ class ChunkedDecoder:
                 st = _ST_SIZE0
                 pos += 1
             elif st == _ST_SIZE0 or st == _ST_SIZE:
-                m = _HEX.match(buf, pos)
-                assert m is not None  # a possessive star matches anywhere
-                end = m.end()
+                end = _run_end(_HEX, buf, pos)
                 if end == pos and st == _ST_SIZE0:
                     raise HttpError(400)  # garbage where a size is expected
                 if end > pos:
@@ -361,14 +647,8 @@ class ChunkedDecoder:
                 else:
                     st = _ST_TRAILER
             elif st == _ST_TRAILER:
-                m = _LF.search(buf, pos)
-                end = n if m is None else m.end()
-                self._trailer_bytes += end - pos
-                if self._trailer_bytes > _MAX_TRAILERS:
-                    raise HttpError(400)
-                self._line += buf[pos:end]
-                pos = end
-                if m is not None and self._trailer_line():
+                pos = self._trailers.feed(buf, pos, n)
+                if self._trailers.done:
                     st = _ST_DONE
                     self.done = True
                     break
@@ -389,15 +669,5 @@ class ChunkedDecoder:
             raise HttpError(507)
         self._size = size
 
-    def _trailer_line(self) -> bool:
-        """Handle one complete trailer line; True when it was the final empty line."""
-        line = bytes(self._line)
-        self._line.clear()
-        if line == b"\r\n":
-            return True
-        h = _HEADER.fullmatch(line)
-        if h is None:
-            raise HttpError(400)
-        if h.group(1).lower() == b"content-md5":
-            self.trailer_md5 = parse_md5(h.group(2))
-        return False
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        self.trailer_md5 = parse_md5(value)  # the only trailer kept; others are skipped

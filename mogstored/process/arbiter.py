@@ -88,7 +88,7 @@ class Arbiter:
         try:
             pid = os.fork()
         except OSError as e:
-            log.error(f"fork() for worker[{index}] failed: {e.strerror}, retrying in {FORK_RETRY:.0f}s")
+            log.error(f"fork() failed: {e.strerror}, sleeping for {FORK_RETRY:.0f}s")
             self.unborn[index] = time.monotonic() + FORK_RETRY
             return
         if pid == 0:

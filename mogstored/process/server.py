@@ -31,7 +31,7 @@ from mogstored.store.iopool import MAX_THREADS, IoQueues
 from mogstored.store.iostat import DEFAULT_COMMAND, IostatRunner, map_utilisation
 
 T = TypeVar("T")
-SHUTDOWN_TITLE = "mogstored, shutting down"
+SHUTDOWN_TITLE = "cmogstored, shutting down"  # §6.5, as operators see it in ps
 PARENT_CHECK_INTERVAL = 1.0  # a worker notices an exited master this soon
 # An idle client heard from this recently is left a moment longer when shutting
 # down: a request sent on a connection just accepted is answered, not cut off.

@@ -123,9 +123,11 @@ class IoQueues:
                     self._pools[key] = IoPool(f"dev{devid}", self.run, self.per_device)
 
     def resize(self, per_device: int) -> None:
+        """``server aio_threads = N``: every pool gets N threads, the shared one too (so
+        the setting shows even before any device exists)."""
         with self._lock:
             self.per_device = per_device
-            for pool in self._pools.values():
+            for pool in (*self._pools.values(), self.shared):
                 pool.resize(per_device)
 
     def stop(self) -> None:

@@ -18,6 +18,7 @@ import requests
 from conftest import Daemon, read_until, wait_for
 
 POOL = 10  # default threads per device
+SHARED = 4  # default threads of the pool for paths outside any device
 
 
 def thread_count(pid: int) -> int:
@@ -114,16 +115,32 @@ def test_aio_threads_resizes_device_pools(tmp_path: Path) -> None:
         settle(d)
         before = thread_count(d.pid)
         assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before - 2 * (POOL - 1), timeout=5)
+        wait_for(lambda: thread_count(d.pid) == before - 2 * (POOL - 1) - (SHARED - 1), timeout=5)
         assert d.mgmt_cmd(b"server aio_threads=20\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before + 2 * (20 - POOL), timeout=5)
+        wait_for(lambda: thread_count(d.pid) == before + 2 * (20 - POOL) + 20 - SHARED, timeout=5)
         assert d.mgmt_cmd(b"server aio_threads = 0\r\n") == b"\r\n"  # out of range: ignored
         time.sleep(0.3)
-        assert thread_count(d.pid) == before + 2 * (20 - POOL)
+        assert thread_count(d.pid) == before + 2 * (20 - POOL) + 20 - SHARED
         assert "server aio_threads=20" in d.stderr()
         # Still serving after all that.
         (d.docroot / "dev1" / "f").write_bytes(b"abc")
         assert requests.get(d.url("/dev1/f"), timeout=10).content == b"abc"
+    finally:
+        d.kill()
+
+
+def test_aio_threads_without_any_device(tmp_path: Path) -> None:
+    """Issue 7 item 4: on a docroot with no devNNN the setting still changes the
+    process's thread count (the shared pool), and changes it back with a larger N."""
+    d = Daemon(tmp_path, devices=())
+    try:
+        settle(d)
+        before = thread_count(d.pid)
+        assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
+        wait_for(lambda: thread_count(d.pid) == before - (SHARED - 1), timeout=5, what="fewer threads")
+        assert d.mgmt_cmd(b"server aio_threads = 6\r\n") == b"\r\n"
+        wait_for(lambda: thread_count(d.pid) == before + 6 - SHARED, timeout=5, what="more threads")
+        assert requests.get(d.url("/"), timeout=10).status_code == 200
     finally:
         d.kill()
 

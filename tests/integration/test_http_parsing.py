@@ -2,6 +2,9 @@
 absolute URIs, header value grammar.  Every rejection is 400 (or 507) and closes."""
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
 from conftest import EPOCH, Daemon, HttpConn
@@ -205,3 +208,76 @@ def test_head_split_across_writes(d: Daemon) -> None:
         r = c.response()
         assert r.status == 206 and r.body == b"fi" and r.header("Connection") == b"close"
         assert c.at_eof()
+
+
+@pytest.mark.parametrize("raw", [
+    b"abcde",  # the body of a GET sent with Content-Length
+    b"get /dev1/f",
+    b"MOVE",
+    b"GET /dev1/f\r",  # bare CR
+    b"GET /dev1/f HTTP/1.1\r\nX: a\rb",
+    b"\x00",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)),  # TLS ClientHello
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # HTTP/2 preface
+    bytes(range(0x80, 0x100)),
+])
+def test_impossible_prefix_is_400_at_once(d: Daemon, raw: bytes) -> None:
+    """§3.2, issue 7 item 1: no line end needed; the 400 and the close come at once
+    while the client keeps the connection open and sends nothing more."""
+    with d.conn() as c:
+        c.sock.settimeout(2)
+        c.send(raw)
+        assert_rejected(c)
+
+
+def test_get_body_bytes_400_right_after_the_response(d: Daemon) -> None:
+    with d.conn() as c:
+        c.sock.settimeout(2)
+        c.send(b"GET /dev1/f HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde")
+        r = c.response()
+        assert r.status == 200 and r.body == b"file" and r.header("Connection") == b"keep-alive"
+        assert_rejected(c)
+
+
+def test_valid_prefix_is_waited_for(d: Daemon) -> None:
+    with d.conn() as c:
+        for part in (b"GE", b"T /dev1/f HT"):
+            c.send(part)
+            c.sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                c.sock.recv(1)
+        c.sock.settimeout(10)
+        assert c.request(b"TP/1.1\r\n\r\n").body == b"file"
+
+
+SHAPES = [
+    b"GET /dev1/f HTTP/1.1\r\n\r\n",
+    b"GET /dev1/f HTTP/1.0\r\nConnection: keep-alive\r\nRange: bytes=1-\r\n\r\n",
+    b"HEAD //dev1/f HTTP/1.1\r\nHost: example\r\nUser-Agent: x y  z\t\r\n\r\n",
+    b"GET http://host:7500/dev1/f HTTP/1.1\r\nX-Fold:\r\n \t value\r\n\r\n",
+    b"PUT /dev1/shape HTTP/1.1\r\nContent-Length: 5\r\nContent-MD5: q1a02StAcTrMWviZhdS3hg==\r\n\r\nabcde",
+    b"PUT /dev1/shape HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTrailer: Content-MD5\r\n\r\n"
+    b"2;ext=1\r\nab\r\n3\r\ncde\r\n0\r\nX-Foo: bar\r\nContent-MD5: q1a02StAcTrMWviZhdS3hg==\r\n\r\n",
+    b"PUT /dev1/shape HTTP/1.1\r\nContent-Range: bytes 0-4/*\r\nContent-Length: 5\r\n\r\nabcde",
+    b"DELETE /dev1/gone HTTP/1.1\r\n\r\n",
+    b"MKCOL /dev1/dir HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nexpect: 100-continue\r\nX: \x80\xff\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", SHAPES)
+def test_byte_at_a_time_heads_of_every_shape(d: Daemon, raw: bytes) -> None:
+    """Every valid request shape sent one byte per write gets the same answer as sent whole."""
+    head_only = raw.startswith(b"HEAD")
+    (d.docroot / "dev1" / "gone").write_bytes(b"x")
+    with d.conn() as c:
+        whole = c.request(raw, head_only)
+    (d.docroot / "dev1" / "gone").write_bytes(b"x")
+    with d.conn() as c:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(raw)):
+            c.send(raw[i:i + 1])
+            time.sleep(0.0005)
+        trickled = c.response(head_only)
+    assert trickled.status == whole.status and trickled.status in (200, 201, 204, 206, 400)
+    assert trickled.norm() == whole.norm() and trickled.body == whole.body

@@ -197,6 +197,19 @@ def test_md5_trailers(d: Daemon, headers: bytes, trailers: bytes, status: int) -
     assert path.exists() == (status == 201)
 
 
+def test_trailer_of_any_size_is_skipped(d: Daemon) -> None:
+    """§3.6.3 (issue 7 item 5): a 100 KB trailer line is skipped like an extension, and a
+    Content-MD5 trailer after it is still checked, with its grammar."""
+    big = b"X-Foo: " + b"f" * 100_000 + b"\r\n"
+    head = b"PUT /dev1/bigtrailer HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTrailer: Content-MD5\r\n\r\n"
+    with d.conn() as c:
+        r = c.request(head + b"5\r\nabcde\r\n0\r\n" + big + b"Content-MD5: %s\r\n\r\n" % MD5_ABCDE)
+        assert r.status == 201 and r.header("Connection") == b"keep-alive"
+        assert c.request(b"GET /dev1/bigtrailer HTTP/1.1\r\n\r\n").body == b"abcde"
+        c.send(head + b"5\r\nabcde\r\n0\r\n" + big + b"Content-MD5: %s\r\n\r\n" % MD5_ABCDE[:-2])
+        assert_closed_with(c, 400)
+
+
 @pytest.mark.parametrize("body,status", [
     (b"x\r\nabc\r\n0\r\n\r\n", 400),
     (b"5\nabcde\r\n0\r\n\r\n", 400),
@@ -312,9 +325,9 @@ def test_premature_eof_logs_and_leaves_no_file(d: Daemon, path: bytes, logged: s
                                                body: bytes, done: int) -> None:
     port, err = premature(d, path, head, body)
     pid = d.pid
-    assert re.search(rf"^mogstored\[{pid}\]: PUT {re.escape(logged)} failed from 127\.0\.0\.1:{port} "
+    assert re.search(rf"^cmogstored\[{pid}\]: PUT {re.escape(logged)} failed from 127\.0\.0\.1:{port} "
                      rf"after {done} bytes: premature EOF\n"
-                     rf"mogstored\[{pid}\]: last_data_recv=\d+ms from 127\.0\.0\.1:{port} for PUT "
+                     rf"cmogstored\[{pid}\]: last_data_recv=\d+ms from 127\.0\.0\.1:{port} for PUT "
                      rf"{re.escape(logged)}$", err, re.M), err
     assert not d.docroot.joinpath(logged.lstrip("/")).exists()
 

@@ -158,7 +158,7 @@ def quit_and_check_stopping(d: Daemon, held: socket.socket) -> int:
     the listeners refuse new connections while ``held`` is still being served."""
     pid = serving_pid(d, held)
     d.proc.send_signal(signal.SIGQUIT)
-    wait_for(lambda: "shutting down" in cmdline(pid), 2, "the shutdown title")
+    wait_for(lambda: "cmogstored, shutting down" in cmdline(pid), 2, "the shutdown title (§6.5)")
     wait_for(lambda: refused(d.http_port) and refused(d.mgmt_port), 2, "listeners closed")
     return pid
 
@@ -225,4 +225,41 @@ def test_quit_with_only_idle_clients_is_immediate(node: Daemon) -> None:
         assert c.request(b"GET /dev1/usage HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
         node.proc.send_signal(signal.SIGQUIT)
         assert c.at_eof(5)
+    assert_clean_exit(node)
+
+
+def test_quit_with_a_get_that_sent_a_body_exits_at_once(node: Daemon) -> None:
+    """Issue 7 item 1: the body of a GET is the start of the next request, which cannot be
+    one (§3.2): answered 400 + close at once, so it never holds up the shutdown."""
+    (node.docroot / "dev1" / "f").write_bytes(b"file")
+    with node.conn() as c:
+        r = c.request(b"GET /dev1/f HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde")
+        assert r.status == 200 and r.body == b"file"
+        r = c.response()
+        assert r.status == 400 and r.header("Connection") == b"close"
+        assert c.at_eof(1)
+        t0 = time.monotonic()
+        node.proc.send_signal(signal.SIGQUIT)
+        assert node.proc.wait(1) == 0
+        assert time.monotonic() - t0 < 1
+    assert not (node.root / "pid").exists()
+
+
+def test_quit_completes_request_pipelined_after_put_body(node: Daemon) -> None:
+    """§6.5 item 4: the start of the next request arrived with the last body byte; the
+    node waits for the rest of it and answers it before closing, without a reset."""
+    body = os.urandom(1 << 20)
+    with node.conn() as c:
+        c.send(b"PUT /dev1/p.fid HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:-1])
+        time.sleep(0.2)
+        quit_and_check_stopping(node, c.sock)
+        c.send(body[-1:] + b"GET")
+        assert c.response().status == 201
+        time.sleep(0.3)  # the rest of the request line trickles in later
+        c.send(b" /dev1/p.fid HTTP/1.1\r\n")
+        time.sleep(0.1)
+        c.send(b"Host: x\r\n\r\n")
+        r = c.response()
+        assert r.status == 200 and r.body == body
+        assert c.at_eof(10)
     assert_clean_exit(node)

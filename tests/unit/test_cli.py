@@ -214,7 +214,7 @@ def test_server(root, capsys):
     assert load("--docroot=d1", "--server", "perlbal").server == "perlbal"
     assert capsys.readouterr().err == f"{ARGV0}: W: using internal HTTP for 'server = perlbal' instead\n"
     for word in ("apache", "lighttpd", "nginx", "Perlbal"):
-        assert startup_error(f"--server={word}") == f"E: 'server = {word}' not understood by mogstored"
+        assert startup_error(f"--server={word}") == f"E: 'server = {word}' not understood by cmogstored"
 
 
 def test_relative_pidfile_resolved_against_cwd(root):

@@ -138,7 +138,7 @@ def test_server_none(tmp_path, warnings):
 def test_server_other_is_fatal(tmp_path, warnings):
     with pytest.raises(StartupError) as e:
         load(tmp_path, "server = lighttpd\n", warnings)
-    assert str(e.value) == "E: 'server = lighttpd' not understood by mogstored"
+    assert str(e.value) == "E: 'server = lighttpd' not understood by cmogstored"
 
 
 def test_bad_listen_is_parser_error(tmp_path, warnings):

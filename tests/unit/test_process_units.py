@@ -165,7 +165,7 @@ def test_a_failed_fork_is_retried_later(monkeypatch) -> None:
     before = time.monotonic()
     a.spawn(0)
     assert a.workers == {} and before + FORK_RETRY <= a.unborn[0] <= time.monotonic() + FORK_RETRY
-    assert errors == ["fork() for worker[0] failed: Resource temporarily unavailable, retrying in 10s"]
+    assert errors == ["fork() failed: Resource temporarily unavailable, sleeping for 10s"]
     assert 0 < (a._timeout() or 0) <= FORK_RETRY
     a.retry_forks()  # not due yet: nothing happens
     assert list(a.unborn) == [0]
