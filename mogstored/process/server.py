@@ -160,7 +160,9 @@ class Server:
         for lst in self.listeners:
             make: Callable[[socket.socket], Client]
             if lst.kind == "metrics":
-                from mogstored.metrics.connection import MetricsConnection  # prometheus_client only when asked for
+                from mogstored.metrics.connection import (
+                    MetricsConnection,  # prometheus_client only when asked for
+                )
 
                 make = lambda sock: MetricsConnection(sock, self.metrics, self)  # type: ignore[misc]
             elif lst.kind == "mgmt":
