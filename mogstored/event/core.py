@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 from mogstored import log
+from mogstored.event.later import Later
 from mogstored.event.step import Client, Next, Pool
 from mogstored.event.threads import ThreadSet
 
@@ -42,6 +43,7 @@ class EventQueue:
         self._workers = ThreadSet("epoll", self._worker, self._lock,
                                   lambda n: os.eventfd_write(self._stop_fd, 1))
         self._workers.resize(nthreads)
+        self._later = Later(lambda client: self._mod(client, _WANT_READ))
 
     # -- producers -------------------------------------------------------
     def add(self, client: Client) -> None:
@@ -75,6 +77,8 @@ class EventQueue:
             self._mod(client, _WANT_ACTIVE)
         elif nxt is Next.CLOSE:
             self._drop(client)
+        elif nxt is Next.LATER:
+            self._later.hold(client)
         # PARKED: a queue of its own holds it
 
     def _mod(self, client: Client, events: int) -> None:

@@ -21,6 +21,7 @@ class Next(enum.Enum):
     CLOSE = 4
     PARKED = 5  # held by a queue (fsck) that requeues it later; or a finished task
     RUN = 6  # the state changed: run the next step now, where that state runs
+    LATER = 7  # input trickles in: wait a moment (event/later.py), then for input
 
 
 class State:

@@ -41,6 +41,7 @@ from mogstored.store.iopool import IoPool
 
 _NOTHING = memoryview(b"")
 
+TRICKLE_PIECES = 8  # a head still incomplete after this many reads is read at most once per event/later.DELAY
 
 class HttpConnection:
     """A client of an HTTP (or GET-only) listener."""
@@ -123,8 +124,8 @@ class HttpConnection:
                 return self._dispatch(req)
             if self.eof:
                 return Next.CLOSE
-            if drained:
-                return Next.READ  # one recv per wake-up for heads trickling in
+            if drained:  # one recv per wake-up; a head in many small pieces waits a moment
+                return Next.LATER if self.head.pieces >= TRICKLE_PIECES else Next.READ
             want = MAX_HEAD + 1 - (len(self.inbuf) - self.pos)
             try:
                 data = self.sock.recv(want)

@@ -315,14 +315,13 @@ class FieldLines:
                     self._pending = True
                 st = _F_LINE
                 pos += 1
-            elif st == _F_TRAIL:
+            elif st == _F_TRAIL:  # blanks after a value: only the line end may follow
                 pos = _run_end(_OWS_RUN, buf, pos, end)
+                if pos < end and buf[pos] != _CR:
+                    raise HttpError(400)
                 if pos == end:
                     break
-                if buf[pos] != _CR:
-                    raise HttpError(400)
-                st = _F_LF
-                pos += 1
+                st, pos = _F_LF, pos + 1
             elif st == _F_END_LF:
                 if c != _LF:
                     raise HttpError(400)
@@ -374,9 +373,10 @@ class HeadParser:
     Call parse() with the same buffer and head start each time more bytes arrived; bytes
     already judged are never looked at again."""
 
-    __slots__ = ("_fields", "_lit", "_method", "_off", "_path", "_req", "_state")
+    __slots__ = ("_fields", "_lit", "_method", "_off", "_path", "_req", "_state", "pieces")
 
     def __init__(self) -> None:
+        self.pieces = 0  # calls that judged new bytes yet found the head incomplete
         self._state = _R_METHOD
         self._off = 0  # bytes of this head judged so far
         self._lit = 0  # bytes of the current literal (method, scheme, version) matched
@@ -399,6 +399,8 @@ class HeadParser:
             pos = self._fields.feed(buf, pos, end)
             if self._fields.done:
                 return self._req, pos
+        if pos - start > self._off:
+            self.pieces += 1
         self._off = pos - start
         if len(buf) - start >= MAX_HEAD:
             raise HttpError(400)  # no end within 65535 bytes

@@ -11,6 +11,7 @@ import pytest
 
 from mogstored import log
 from mogstored.event.acceptor import Acceptor
+from mogstored.event import later
 from mogstored.event.core import EventQueue
 from mogstored.event.step import Next, State
 
@@ -117,6 +118,34 @@ def test_a_readable_client_is_stepped_by_a_worker(queue: EventQueue) -> None:
     assert client.closed.wait(5)
     assert client.ran_on == [None] and not queue.clients
     b.close()
+
+
+def test_a_trickling_client_is_read_again_only_after_the_delay(queue: EventQueue) -> None:
+    """LATER: the client is not watched for DELAY, however much arrives meanwhile,
+    then it is stepped again as readable."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    client = FakeClient(a, [Next.LATER, Next.CLOSE])
+    stepped_at: list[float] = []
+    step = client.step
+    client.step = lambda pool: (stepped_at.append(time.monotonic()), step(pool))[1]  # type: ignore[method-assign]
+    queue.add(client)
+    b.sendall(b"x")
+    _wait(lambda: len(stepped_at) == 1)
+    b.sendall(b"more")  # would wake a watched client at once
+    assert client.closed.wait(5)
+    assert stepped_at[1] - stepped_at[0] >= later.DELAY
+    b.close()
+
+
+def test_held_clients_come_back_in_order() -> None:
+    back: list[int] = []
+    held = later.Later(lambda c: back.append(c.fd))  # type: ignore[attr-defined]
+    clients = [type("C", (), {"fd": n})() for n in range(5)]
+    for c in clients:
+        held.hold(c)  # type: ignore[arg-type]
+    _wait(lambda: len(back) == 5)
+    assert back == [0, 1, 2, 3, 4]
 
 
 def test_worker_threads_resize_and_stop() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ import pytest
 
 from mogstored.event.step import Next
 from mogstored.http import states
-from mogstored.http.connection import HttpConnection
+from mogstored.http.connection import TRICKLE_PIECES, HttpConnection
 from mogstored.store.fs import Docroot
 
 POOL = SimpleNamespace(name="dev1")  # stands in for a device I/O pool
@@ -88,6 +89,24 @@ def test_delete_of_a_device_directory_is_refused_on_the_event_thread(pair) -> No
     assert conn.step(None) is Next.READ
     assert _recv_all(peer).startswith(b"HTTP/1.1 403 Forbidden\r\n")
     assert (tmp_path / "dev1").is_dir()
+
+
+def test_a_head_in_many_small_pieces_is_read_later(pair) -> None:
+    """The first pieces of a head are waited for in epoll as usual; from the
+    TRICKLE_PIECES-th on the connection asks to be read again only later."""
+    conn, peer, _, _ = pair
+    head = b"GET /dev1/f HTTP/1.1\r\nX-Slow: abcdefghijklmnop\r\n\r\n"
+    answers = []
+    for i in range(TRICKLE_PIECES + 2):
+        peer.sendall(head[i : i + 1])
+        time.sleep(0.01)
+        answers.append(conn.step(None))
+    assert answers[: TRICKLE_PIECES - 1] == [Next.READ] * (TRICKLE_PIECES - 1)
+    assert answers[TRICKLE_PIECES - 1 :] == [Next.LATER] * 3
+    peer.sendall(head[TRICKLE_PIECES + 2 :])
+    time.sleep(0.01)
+    assert conn.step(None) is Next.RUN  # the whole head is there: on to the pool
+    assert conn.state is states.OPENING
 
 
 def test_pipelined_requests_go_behind_other_clients(pair) -> None:
