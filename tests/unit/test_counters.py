@@ -42,3 +42,21 @@ def test_in_flight_is_the_busy_threads_and_the_oldest_call() -> None:
     st.drop_clock(a)  # its thread left the pool
     assert st.in_flight(100.0) == (1, 2.5)
     assert idle.since == 0.0
+
+
+def test_counters_is_a_leaf_and_prometheus_client_waits_for_metricslisten() -> None:
+    """The hot path imports no other module of the package; a node without
+    --metricslisten never loads prometheus_client."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tree = ast.parse(Path(counters.__file__).read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("mogstored")]
+    code = "import sys, mogstored.__main__, mogstored.process.server; print('prometheus_client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out == "False\n"
