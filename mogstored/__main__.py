@@ -35,6 +35,8 @@ def open_listeners(opts: Options) -> list[Listener]:
         for kind, addr in wanted:
             if addr is not None:
                 result.append(Listener(kind, svc, listeners.bind(addr, inherited)))
+    if opts.metricslisten is not None:
+        result.append(Listener("metrics", None, listeners.bind(opts.metricslisten, inherited)))
     listeners.close_unused(inherited)
     return result
 
@@ -69,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         first_usage_pass(opts.services)
         if ready is not None:
             ready()
-        status = Arbiter(bound, opts.worker_processes, opts.iostat, upgrade).run()
+        status = Arbiter(bound, opts.worker_processes, opts.iostat, upgrade, opts.stallseconds).run()
     else:
-        status = serve(bound, opts.worker_processes, opts.iostat, upgrade=upgrade, ready=ready)
+        status = serve(bound, opts.worker_processes, opts.iostat, upgrade=upgrade, ready=ready,
+                       stall_seconds=opts.stallseconds)
     if pidfile is not None:
         pidfile.remove()
     upgrade.finish()

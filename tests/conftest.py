@@ -34,6 +34,18 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 QUIET_IOSTAT = {"MOG_IOSTAT_CMD": "sleep 86400"}  # no output; tests that watch set their own
 
 
+def fake_iostat(tmp: Path, body: str, interval: float = 0.1, count: int = 0) -> str:
+    """A MOG_IOSTAT_CMD printing sysstat-12 style reports every ``interval`` s."""
+    script = tmp / "fake_iostat.sh"
+    loop = f"i=0; while [ $i -lt {count} ]; do i=$((i+1));" if count else "while :; do"
+    script.write_text(
+        "#!/bin/sh\n"
+        "printf 'Linux 6.1 (host) \\t11/26/26 \\t_x86_64_\\t(2 CPU)\\n\\n'\n"
+        f"{loop} printf 'Device            r/s     w/s  %%util\\n{body}\\n'; sleep {interval}; done\n")
+    script.chmod(0o755)
+    return str(script)
+
+
 def wait_for(pred: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
     """Poll until ``pred()`` is true; returns its value."""
     deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from mogstored import __version__
 from mogstored.config.daemonize import validate_daemonize
@@ -24,6 +25,7 @@ from mogstored.config.file import (
 )
 from mogstored.config.options import (
     DEFAULT_MAXCONNS,
+    DEFAULT_STALL_SECONDS,
     Listen,
     Options,
     Service,
@@ -41,6 +43,7 @@ DEFAULT_HTTPLISTEN = Listen("0.0.0.0", 7500)
 DEFAULT_MGMTLISTEN = Listen("0.0.0.0", 7501)
 UINT_MAX = 2**32 - 1
 ULONG_MAX = 2**64 - 1
+T = TypeVar("T")
 
 HELP_TEXT = f"""\
 Usage: {PROGRAM} [OPTION...]
@@ -55,10 +58,13 @@ Usage: {PROGRAM} [OPTION...]
       --httplisten=<ip:port> IP/Port HTTP server listens on
       --maxconns=<number>    Number of simultaneous clients to serve. Default
                              10000
+      --metricslisten=<ip:port>   IP/Port of the Prometheus /metrics endpoint
       --mgmtlisten=<ip:port> IP/Port management/sidechannel listens on
       --mountcheck           Refuse writes to a device that is not a mount
                              point
       --pidfile=<path>       path to PID file
+      --stallseconds=<n>     A device whose disk call runs longer is stalled.
+                             Defaults to 10
   -?, --help                 give this help list
       --usage                give a short usage message
   -V, --version              print program version
@@ -67,8 +73,9 @@ Usage: {PROGRAM} [OPTION...]
 USAGE_TEXT = f"""\
 Usage: {PROGRAM} [-d?V] [--config=<file>] [--daemonize] [--docroot=<path>]
             [--durable] [--httplisten=<ip:port>] [--maxconns=<number>]
-            [--mgmtlisten=<ip:port>] [--mountcheck] [--pidfile=<path>] [--help]
-            [--usage] [--version]
+            [--metricslisten=<ip:port>] [--mgmtlisten=<ip:port>] [--mountcheck]
+            [--pidfile=<path>] [--stallseconds=<n>] [--help] [--usage]
+            [--version]
 """
 
 TRY_TEXT = f"Try '{PROGRAM} --help' or '{PROGRAM} --usage' for more information.\n"
@@ -83,9 +90,11 @@ LONG_OPTIONS: dict[str, bool] = {
     "durable": False,
     "httplisten": True,
     "maxconns": True,
+    "metricslisten": True,
     "mgmtlisten": True,
     "mountcheck": False,
     "pidfile": True,
+    "stallseconds": True,
     "server": True,
     "multi": False,
     "worker-processes": True,
@@ -124,6 +133,8 @@ class _CommandLine:
     server: str | None = None
     multi: bool = False
     worker_processes: int = 0
+    metricslisten: Listen | None = None
+    stallseconds: int | None = None
     durable: bool = False
     mountcheck: bool = False
 
@@ -165,6 +176,9 @@ def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Opt
 
     server = cmd.server or _first(c.server for c in cmd.configs) or "perlbal"
     maxconns = cmd.maxconns + sum(c.maxconns for c in cmd.configs)
+    metricslisten = _first([cmd.metricslisten, *(c.metricslisten for c in cmd.configs)])
+    _check_metricslisten(metricslisten, services)
+    stallseconds = _first([cmd.stallseconds, *(c.stallseconds for c in cmd.configs)])
     return Options(
         services=services,
         daemonize=daemonize and "CMOGSTORED_FD" not in environ,
@@ -173,11 +187,24 @@ def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Opt
         worker_processes=cmd.worker_processes,
         server=server,
         iostat=all(c.iostat for c in cmd.configs),
+        metricslisten=metricslisten,
+        stallseconds=DEFAULT_STALL_SECONDS if stallseconds is None else stallseconds,
     )
 
 
-def _first(values: Iterable[str | None]) -> str | None:
+def _first(values: Iterable[T | None]) -> T | None:
     return next((v for v in values if v is not None), None)
+
+
+def _check_metricslisten(addr: Listen | None, services: list[Service]) -> None:
+    """Metrics are never served on an HTTP or sidechannel port."""
+    if addr is None:
+        return
+    for s in services:
+        for other in (s.httplisten, s.mgmtlisten, s.httpgetlisten):
+            if other is not None and other.port == addr.port and (
+                    other.host == addr.host or "0.0.0.0" in (other.host, addr.host)):
+                raise StartupError(f"metricslisten={addr} is also a listener of docroot={s.docroot}")
 
 
 # --- command-line parsing ------------------------------------------------------------
@@ -247,13 +274,17 @@ def _apply(cmd: _CommandLine, option: str, value: str | None, seen_configs: set[
             raise StartupError(f"invalid (or duplicate) config={value}")
         seen_configs.add(real)
         cmd.configs.append(read_config(value, warn))
-    elif option in ("httplisten", "mgmtlisten"):
+    elif option in ("httplisten", "mgmtlisten", "metricslisten"):
         try:
             setattr(cmd, option, parse_listen(value or ""))
         except ValueError:
             raise StartupError(f"failed to parse {option}={value}") from None
     elif option == "maxconns":
         cmd.maxconns = _parse_number("maxconns", value or "", ULONG_MAX)
+    elif option == "stallseconds":
+        cmd.stallseconds = _parse_number("stallseconds", value or "", UINT_MAX)
+        if cmd.stallseconds == 0:
+            raise StartupError("--stallseconds must be at least 1")
     elif option == "worker-processes":
         cmd.worker_processes = _parse_number("worker-processes", value or "", UINT_MAX)
     elif option == "server":

@@ -65,6 +65,8 @@ class ConfigFile:
     server: str | None = None
     daemonize: bool = False
     iostat: bool = True
+    metricslisten: Listen | None = None
+    stallseconds: int | None = None
     durable: bool = False
     mountcheck: bool = False
 
@@ -147,11 +149,12 @@ def _yaml_entries(path: str, text: str) -> list[tuple[str, str | None]]:
     return entries
 
 
-_LISTEN_KEYS = ("httplisten", "mgmtlisten", "httpgetlisten")
+_LISTEN_KEYS = ("httplisten", "mgmtlisten", "httpgetlisten", "metricslisten")
 _BOOLEAN_KEYS = ("daemonize", "iostat", "durable", "mountcheck")
 _IGNORED_KEYS = ("config", "s")  # Perl accepts them; meaningless inside a config file
 _KNOWN_KEYS = frozenset(
-    {*_LISTEN_KEYS, *_BOOLEAN_KEYS, *_IGNORED_KEYS, "docroot", "pidfile", "maxconns", "server", "serverbin"}
+    {*_LISTEN_KEYS, *_BOOLEAN_KEYS, *_IGNORED_KEYS, "docroot", "pidfile", "maxconns", "server", "serverbin",
+     "stallseconds"}
 )
 
 
@@ -180,6 +183,10 @@ def _apply(cfg: ConfigFile, key: str, value: str | None, warn: Warn) -> None:
         if not re.fullmatch(r"[0-9]+", value):
             raise _parser_error(cfg.path, f"failed to parse maxconns={value}")
         cfg.maxconns = int(value)
+    elif key == "stallseconds":
+        if not re.fullmatch(r"[0-9]+", value) or int(value) == 0:
+            raise _parser_error(cfg.path, f"failed to parse stallseconds={value}")
+        cfg.stallseconds = int(value)
     elif key == "server":
         cfg.server = check_server(value, warn)
     elif key == "serverbin":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MAXCONNS = 10000  # descriptors wanted when --maxconns is not given (§1.1.2)
+DEFAULT_STALL_SECONDS = 10  # --stallseconds
 
 
 class StartupError(Exception):
@@ -52,3 +53,5 @@ class Options:
     worker_processes: int
     server: str  # "perlbal" or "none" (none: HTTP listeners are not opened)
     iostat: bool
+    metricslisten: Listen | None = None  # the Prometheus endpoint, off by default
+    stallseconds: int = DEFAULT_STALL_SECONDS  # a disk call running longer marks its device stalled

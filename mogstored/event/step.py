@@ -42,6 +42,19 @@ def states(*names: str, on_pool: bool) -> tuple[State, ...]:
     return tuple(State(name, on_pool) for name in names)
 
 
+def send_buffered(sock: socket.socket, out: bytearray) -> Next | None:
+    """One send of ``out`` (what went is dropped from it): None once all is
+    sent, WRITE while the socket is full or bytes remain, CLOSE if the peer is gone."""
+    try:
+        n = sock.send(out)
+    except BlockingIOError:
+        return Next.WRITE
+    except OSError:
+        return Next.CLOSE
+    del out[:n]
+    return Next.WRITE if out else None
+
+
 class Pool(Protocol):
     """Where a client is parked to run its next step (a device I/O pool)."""
 
@@ -54,7 +67,11 @@ class Client(Protocol):
     sock: socket.socket
     fd: int
     state: State
-    pool: Pool  # the pool its ``on_pool`` states run in
+
+    @property
+    def pool(self) -> Pool:
+        """The pool its ``on_pool`` states run in."""
+        ...
 
     def step(self, pool: Pool | None) -> Next:
         """Run one step; ``pool`` is the pool running it (None on an epoll worker)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 
+from mogstored import counters
 from mogstored.event.step import Next, Pool, State
 from mogstored.http.dav import DeleteTransfer
 from mogstored.http.get import GetTransfer
@@ -29,12 +30,14 @@ from mogstored.http.states import (
     ANSWERING,
     CREATING,
     DELETING,
+    NO_REQUEST,
     NO_TRANSFER,
     OPENING,
     READING,
     Transfer,
 )
 from mogstored.node import ServiceContext
+from mogstored.store.iopool import IoPool
 
 _NOTHING = memoryview(b"")
 
@@ -56,6 +59,7 @@ class HttpConnection:
         "peer",
         "pool",
         "pos",
+        "req",
         "sock",
         "state",
         "svc",
@@ -72,8 +76,9 @@ class HttpConnection:
         self.out = _NOTHING  # response head bytes not yet sent
         self.eof = False
         self.state = READING
-        self.pool: Pool = svc.ioq.shared  # the current request's device pool
+        self.pool: IoPool = svc.ioq.shared  # the current request's device pool
         self.keepalive = False  # of the current answer
+        self.req = NO_REQUEST  # the current request (its start and status: metrics)
         self.transfer: Transfer = NO_TRANSFER
         self.head = HeadParser()  # the next request's head, judged as its bytes arrive
         # Kept from the start: after a reset getpeername() fails, yet the log names the peer.
@@ -82,6 +87,11 @@ class HttpConnection:
             self.peer = f"{host}:{port}"
         except OSError:
             self.peer = "?:0"
+
+    @property
+    def listener(self) -> str:
+        """The listener kind, for the connections gauge (metrics)."""
+        return "httpget" if self.get_only else "http"
 
     # -- event core interface --------------------------------------------
     def step(self, pool: Pool | None) -> Next:
@@ -106,6 +116,7 @@ class HttpConnection:
             try:
                 parsed = self.head.parse(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
             except HttpError as e:
+                self.req = Request("other", "", False, started=counters.now())  # metrics: a head refused
                 return self.fail(e.status)
             if parsed is not None:
                 req, self.pos = parsed
@@ -134,6 +145,8 @@ class HttpConnection:
             self.inbuf += data
 
     def _dispatch(self, req: Request) -> Next:
+        self.req = req
+        req.started = counters.now()
         self.keepalive = keep = req.keepalive
         method, path = req.method, req.path
         reading = method == "GET" or method == "HEAD"
@@ -182,6 +195,7 @@ class HttpConnection:
 
     def answer(self, head: bytes) -> Next:
         """Send ``head`` (a whole answer), then finish."""
+        self.req.status = int(head[9:12])  # metrics
         self.out = memoryview(head)
         self.state = ANSWERING
         return self._answer()
@@ -193,6 +207,8 @@ class HttpConnection:
         if status == 416:
             return self.answer(error_head(416, req.keepalive, size))
         head = file_head(status, mtime, last - first + 1, req.keepalive, first, last, size)
+        if req.method == "GET":
+            self.svc.ioq.for_path(self.svc.docroot.path, req.path).stats.sent += last - first + 1
         return self.answer(head if req.method == "HEAD" else head + body[first : last + 1])
 
     def _answer(self) -> Next:
@@ -223,6 +239,8 @@ class HttpConnection:
         self.transfer.release()
         self.transfer = NO_TRANSFER
         self.state = READING
+        counters.http_request(self.req.method, self.req.status, self.req.started)
+        self.req = NO_REQUEST
         if not self.keepalive:
             return Next.CLOSE
         if self.pos < len(self.inbuf):

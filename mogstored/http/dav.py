@@ -46,6 +46,7 @@ class DeleteTransfer:
             if conn.svc.durable:
                 sync_dir(dirfd)
         except OSError as e:
+            conn.pool.stats.io_error(e.errno)
             return conn.answer(error_head(status_for(e.errno, Op.DELETE), self.keepalive))
         finally:
             if dirfd >= 0:

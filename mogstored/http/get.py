@@ -39,6 +39,7 @@ class GetTransfer(FileTransfer):
                 self.file = svc.process.retry_open(self._open_file)
                 st = os.fstat(self.file)
         except OSError as e:
+            conn.pool.stats.io_error(e.errno)
             return conn.answer(error_head(status_for(e.errno, Op.READ), req.keepalive))
         if not stat.S_ISREG(st.st_mode):
             return conn.answer(error_head(403, req.keepalive))
@@ -53,6 +54,7 @@ class GetTransfer(FileTransfer):
         if length > FADVISE_MIN:
             os.posix_fadvise(self.file, first, length, os.POSIX_FADV_SEQUENTIAL)
         conn.out = memoryview(head)
+        req.status = status  # metrics
         self.offset = first
         self.remaining = length
         conn.state = SENDING
@@ -87,6 +89,7 @@ class GetTransfer(FileTransfer):
             self.offset += n
             self.remaining -= n
             sent += n
+            conn.pool.stats.sent += n
             if sent >= SENDFILE_SLICE and self.remaining:
                 return Next.ACTIVE
         return conn.finish()

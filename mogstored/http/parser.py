@@ -50,6 +50,8 @@ class Request:
     trailer_md5: bool = False
     range: tuple[int | None, int | None] | None = None
     content_range: tuple[int, int] | None = None
+    started: float = 0.0  # when its head was parsed (metrics)
+    status: int = 0  # of its response, once the head is built (metrics)
 
 
 _DIGITS = re.compile(rb"[0-9]*+")

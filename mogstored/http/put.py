@@ -56,6 +56,7 @@ class PutTransfer(FileTransfer):
         try:
             conn.svc.process.retry_open(lambda: self._create_with_parents(docroot))
         except OSError as e:
+            conn.pool.stats.io_error(e.errno)
             log.error(f"problem starting PUT for path={self.req.path} ({e.strerror})")
             return conn.fail(status_for(e.errno, Op.WRITE))
         conn.state = RECEIVING
@@ -108,6 +109,7 @@ class PutTransfer(FileTransfer):
             self._discard_tmp()
             return conn.fail(e.status)
         except OSError as e:
+            conn.pool.stats.io_error(e.errno)
             log.error(f"pwrite() to {self.req.path} failed at offset: {self.offset}: {e.strerror}")
             self._discard_tmp()
             return conn.fail(status_for(e.errno, Op.WRITE))
@@ -143,6 +145,7 @@ class PutTransfer(FileTransfer):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.offset += n
             self.written += n
+            self.conn.pool.stats.received += n
             data = data[n:]
 
     def _abort(self, why: str) -> Next:
@@ -175,6 +178,7 @@ class PutTransfer(FileTransfer):
         try:
             os.fchmod(self.file, _PUT_MODE)
         except OSError as e:
+            conn.pool.stats.io_error(e.errno)
             log.error(f"fchmod() failed: {e.strerror}")
             self._discard_tmp()
             return conn.fail(500)
@@ -183,6 +187,7 @@ class PutTransfer(FileTransfer):
             atomic.commit(self.file, self.tmpname, self.dirfd, name, conn.svc.durable,
                           in_place=req.content_range is not None)
         except OSError as e:
+            conn.pool.stats.io_error(e.errno)
             log.error(f"committing {req.path} failed: {e.strerror}")
             self._discard_tmp()
             return conn.fail(500)

@@ -18,6 +18,7 @@ from typing import Protocol
 from mogstored.event.step import Next, Pool, State, states
 from mogstored.http.parser import Request
 from mogstored.node import ServiceContext
+from mogstored.store.iopool import IoPool
 
 READING, ANSWERING = states("reading", "answering", on_pool=False)
 OPENING, SENDING, CREATING, RECEIVING, DELETING = states(
@@ -46,6 +47,7 @@ class _NoTransfer:
 
 
 NO_TRANSFER: Transfer = _NoTransfer()
+NO_REQUEST = Request("", "", False)  # between requests
 
 
 class FileTransfer:
@@ -76,6 +78,7 @@ class Connection(Protocol):
     out: memoryview
     state: State
     peer: str
+    pool: IoPool  # the request's device pool
 
     def fail(self, status: int) -> Next:
         """Answer an error and close (§3.8.2)."""

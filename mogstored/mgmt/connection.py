@@ -20,8 +20,8 @@ import socket
 import struct
 from collections.abc import Callable
 
-from mogstored import log
-from mogstored.event.step import Next, Pool, State, states
+from mogstored import counters, log
+from mogstored.event.step import Next, Pool, State, send_buffered, states
 from mogstored.mgmt.parser import (
     BAD_PATH_REPLY,
     BLANK_REPLY,
@@ -45,7 +45,7 @@ from mogstored.mgmt.parser import (
 )
 from mogstored.node import ServiceContext
 from mogstored.store.fsck import low_io_priority
-from mogstored.store.iopool import thread_buffer
+from mogstored.store.iopool import IoPool, thread_buffer
 
 READING, WATCHING = states("reading", "watching", on_pool=False)
 SIZING, OPENING, DIGESTING, FSCK_WAITING = states("sizing", "opening", "digesting", "fsck-waiting", on_pool=True)
@@ -76,10 +76,20 @@ class _Digest:
 _NO_DIGEST = _Digest(Digest("MD5", "", None), -1)
 
 
+def _label(cmd: Command) -> str:
+    """The ``command`` label of mogstored_mgmt_commands_total."""
+    if isinstance(cmd, Size):
+        return "size"
+    if isinstance(cmd, Digest):
+        return "md5" if cmd.alg == "MD5" else "sha1"
+    return "watch" if isinstance(cmd, Watch) else "other"
+
+
 class MgmtConnection:
     """A client of the sidechannel listener."""
 
     expirable = False  # trackers' sidechannel connections are never expired (§3.10)
+    listener = "mgmt"  # for the connections gauge (metrics)
 
     __slots__ = ("cmd", "digest", "eof", "fd", "fsck_dev", "lines", "out", "pool", "sock", "state", "svc")
 
@@ -91,7 +101,7 @@ class MgmtConnection:
         self.out = bytearray()
         self.eof = False
         self.state = READING
-        self.pool: Pool = svc.ioq.shared  # the current command's device pool
+        self.pool: IoPool = svc.ioq.shared  # the current command's device pool
         self.cmd: Size | Digest = _NO_COMMAND  # the command a pool state works on
         self.digest = _NO_DIGEST  # of the digest command in DIGESTING
         self.fsck_dev: int | None = None  # filesystem whose fsck slot we hold
@@ -143,6 +153,7 @@ class MgmtConnection:
 
     def _run(self, cmd: Command) -> Next | None:
         """Answer one command; a return value means "not finished here"."""
+        counters.mgmt_command(_label(cmd))
         if isinstance(cmd, (Size, Digest)):
             self.cmd = cmd
             self.pool = self.svc.ioq.for_path(self.svc.docroot.path, cmd.path)
@@ -174,14 +185,7 @@ class MgmtConnection:
         A failed send closes at once: nobody is left to read the answers of the
         commands still buffered, so running them (digests of big files) is wasted disk time.
         """
-        try:
-            n = self.sock.send(self.out)
-        except BlockingIOError:
-            return Next.WRITE
-        except OSError:
-            return Next.CLOSE
-        del self.out[:n]
-        return Next.WRITE if self.out else None
+        return send_buffered(self.sock, self.out)
 
     def _reset(self) -> Next:
         """Drop the connection with a TCP reset: the peer sent garbage."""
@@ -207,7 +211,8 @@ class MgmtConnection:
         path = self.cmd.path
         try:
             size = self.svc.docroot.stat(resolve_path(path)).st_size
-        except OSError:
+        except OSError as e:
+            self.pool.stats.io_error(e.errno)
             size = -1
         return self._done(size_reply(path, size))
 
@@ -217,7 +222,8 @@ class MgmtConnection:
         try:
             # O_NONBLOCK: opening a FIFO must not hang a pool thread (regular files ignore it).
             file = self.svc.docroot.open(resolve_path(cmd.path), os.O_RDONLY | os.O_NONBLOCK)
-        except OSError:
+        except OSError as e:
+            self.pool.stats.io_error(e.errno)
             return self._done(digest_reply(cmd.path, cmd.alg, None))
         self.digest = _Digest(cmd, file)
         self.state = DIGESTING
@@ -244,7 +250,8 @@ class MgmtConnection:
         while done < DIGEST_SLICE:
             try:
                 n = os.readv(digest.file, [buf])
-            except OSError:
+            except OSError as e:
+                self.pool.stats.io_error(e.errno)
                 return self._done(read_error_reply(digest.cmd.path, digest.offset))
             if n == 0:
                 return self._done(digest_reply(digest.cmd.path, digest.cmd.alg, digest.hasher.hexdigest()))

@@ -17,7 +17,8 @@ import signal
 import time
 
 from mogstored import log
-from mogstored.config.options import Service
+from mogstored.config.options import DEFAULT_STALL_SECONDS, Service
+from mogstored.metrics.board import MetricsBoard
 from mogstored.node import write_usage_now
 from mogstored.process.board import LoadBoard
 from mogstored.process.server import Listener, serve
@@ -36,7 +37,8 @@ QUIT_REPEAT = 1.0  # while stopping, QUIT goes out again this often
 class Arbiter:
     """Keeps N workers alive until told to stop."""
 
-    def __init__(self, listeners: list[Listener], nworkers: int, iostat: bool, upgrade: Upgrade) -> None:
+    def __init__(self, listeners: list[Listener], nworkers: int, iostat: bool, upgrade: Upgrade,
+                 stall_seconds: int = DEFAULT_STALL_SECONDS) -> None:
         self.listeners = listeners
         self.nworkers = nworkers
         self.iostat = iostat
@@ -46,6 +48,10 @@ class Arbiter:
         self.unborn: dict[int, float] = {}  # index -> when to retry a failed fork
         self.quitting = False
         self.board = LoadBoard(nworkers)
+        self.stall_seconds = stall_seconds
+        self.metrics_board = MetricsBoard(nworkers)  # mapped before any fork
+        self.restarts = 0
+        self.metrics_board.set_master(nworkers, self.restarts)
 
     def run(self) -> int:
         """Signals are already blocked (since main() began); returns the exit status."""
@@ -113,8 +119,11 @@ class Arbiter:
                 continue
             del self.workers[pid]
             self.board.withdraw(index)
+            self.metrics_board.retire(index)
             if not self.quitting:
                 log.error(f"worker[{index}] PID:{pid} died with status={status}, respawning")
+                self.restarts += 1
+                self.metrics_board.set_master(self.nworkers, self.restarts)
                 self.spawn(index)
         self.upgrade.poll()
 
@@ -129,7 +138,9 @@ class Arbiter:
         """In the forked child: become a complete single-process server."""
         try:
             self.board.index = index
-            return serve(self.listeners, self.nworkers, self.iostat, master_pid=self.pid, board=self.board)
+            self.metrics_board.index = index
+            return serve(self.listeners, self.nworkers, self.iostat, master_pid=self.pid, board=self.board,
+                         stall_seconds=self.stall_seconds, metrics_board=self.metrics_board)
         except BaseException as e:  # noqa: BLE001  # never return into the master's code
             log.error(f"worker died: {e!r}")
             return 1

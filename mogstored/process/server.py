@@ -15,12 +15,14 @@ from typing import TypeVar
 from setproctitle import setproctitle
 
 from mogstored import log
-from mogstored.config.options import Service
+from mogstored.config.options import DEFAULT_STALL_SECONDS, Service
 from mogstored.event.acceptor import Acceptor, Board
 from mogstored.event.core import EventQueue
 from mogstored.event.expiry import Expiry, heard_within
 from mogstored.event.step import Client
 from mogstored.http.connection import HttpConnection
+from mogstored.metrics.board import MetricsBoard
+from mogstored.metrics.totals import NodeMetrics
 from mogstored.mgmt.connection import MgmtConnection
 from mogstored.node import ServiceContext
 from mogstored.process import signals
@@ -48,15 +50,15 @@ def usage_interval(environ: dict[str, str] | os._Environ[str] = os.environ) -> i
 
 @dataclass
 class Listener:
-    kind: str  # "http", "httpget" or "mgmt"
-    service: Service
+    kind: str  # "http", "httpget", "mgmt" or "metrics"
+    service: Service | None  # None: the node-wide metrics listener
     sock: socket.socket
 
 
 def acceptor_threads(kind: str, worker_processes: int) -> int:
     """One blocking acceptor per CPU for HTTP (spread over worker processes),
-    one for the sidechannel, as cmogstored does."""
-    if kind == "mgmt":
+    one for the sidechannel (and the metrics port), as cmogstored does."""
+    if kind in ("mgmt", "metrics"):
         return 1
     return max(1, (os.cpu_count() or 1) // max(1, worker_processes))
 
@@ -73,12 +75,13 @@ class Ask(enum.Enum):
 class Server:
     """Serves the given listeners until a graceful shutdown completes.
 
-    ``master_pid`` and ``board`` are given in a worker process (§6.6),
-    ``upgrade`` when this process itself serves (no workers)."""
+    ``master_pid``, ``board`` and ``metrics_board`` are given in a worker
+    process (§6.6), ``upgrade`` when this process itself serves (no workers)."""
 
     def __init__(self, listeners: list[Listener], worker_processes: int, iostat: bool, *,
                  upgrade: Upgrade | None = None, master_pid: int | None = None,
-                 board: Board | None = None) -> None:
+                 board: Board | None = None, stall_seconds: int = DEFAULT_STALL_SECONDS,
+                 metrics_board: MetricsBoard | None = None) -> None:
         self.listeners = listeners
         self.worker_processes = worker_processes
         self.quitting = False
@@ -95,7 +98,7 @@ class Server:
         self.fsck = FsckQueues()
         self.services: dict[int, ServiceContext] = {}
         for lst in listeners:
-            if id(lst.service) not in self.services:
+            if lst.service is not None and id(lst.service) not in self.services:
                 self.services[id(lst.service)] = ServiceContext(lst.service, self.ioq, self.fsck, self)
         self.acceptors: list[Acceptor] = []
         self.usage_interval = usage_interval()
@@ -103,6 +106,8 @@ class Server:
         self.iostat: IostatRunner | None = None
         if iostat and any(lst.kind == "mgmt" for lst in listeners):
             self.iostat = IostatRunner(os.environ.get("MOG_IOSTAT_CMD", DEFAULT_COMMAND), self._on_iostat)
+        self.metrics = NodeMetrics(self.ioq, list(self.services.values()), self.queue.clients,
+                                   [lst.kind for lst in listeners], stall_seconds, metrics_board)
 
     # -- node.Control: called from any thread -----------------------------------
     def _ask(self, ask: Ask, n: int = 0) -> None:
@@ -133,6 +138,7 @@ class Server:
 
     def _on_iostat(self, report: dict[str, str]) -> None:
         """iostat thread: one block to every watcher of every service."""
+        self.metrics.on_iostat(report)
         contexts = [ctx for ctx in self.services.values() if len(ctx.watchers)]
         if not contexts:
             return
@@ -152,11 +158,18 @@ class Server:
 
     def start(self) -> None:
         for lst in self.listeners:
-            ctx = self.services[id(lst.service)]
             make: Callable[[socket.socket], Client]
-            if lst.kind == "mgmt":
+            if lst.kind == "metrics":
+                from mogstored.metrics.connection import (
+                    MetricsConnection,  # prometheus_client only when asked for
+                )
+
+                make = lambda sock: MetricsConnection(sock, self.metrics, self)  # type: ignore[misc]
+            elif lst.kind == "mgmt":
+                ctx = self.services[id(lst.service)]
                 make = lambda sock, ctx=ctx: MgmtConnection(sock, ctx)  # type: ignore[misc]
             else:
+                ctx = self.services[id(lst.service)]
                 make = lambda sock, ctx=ctx, get_only=(lst.kind == "httpget"): HttpConnection(  # type: ignore[misc]
                     sock, ctx, get_only)
             acc = Acceptor(lst.sock, self.queue, make, acceptor_threads(lst.kind, self.worker_processes),
@@ -165,6 +178,7 @@ class Server:
             acc.start()
         if self.iostat is not None:
             self.iostat.start()
+        self.metrics.start()
 
     def run(self) -> int:
         """Main loop: periodic usage passes and what was asked, until asked to stop."""
@@ -225,13 +239,16 @@ class Server:
             self._wake.wait(0.1)
         self.queue.stop()
         self.ioq.stop()
+        self.metrics.stop()
 
 
 def serve(listeners: list[Listener], worker_processes: int, iostat: bool, *,
           upgrade: Upgrade | None = None, master_pid: int | None = None, board: Board | None = None,
+          stall_seconds: int = DEFAULT_STALL_SECONDS, metrics_board: MetricsBoard | None = None,
           ready: Callable[[], None] | None = None) -> int:
     """Serve until a graceful shutdown: the single process, or one worker."""
-    server = Server(listeners, worker_processes, iostat, upgrade=upgrade, master_pid=master_pid, board=board)
+    server = Server(listeners, worker_processes, iostat, upgrade=upgrade, master_pid=master_pid, board=board,
+                    stall_seconds=stall_seconds, metrics_board=metrics_board)
     server.install_signals()
     server.usage_pass(now=True)
     server.start()

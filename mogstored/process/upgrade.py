@@ -32,7 +32,7 @@ class Upgrade:
     def __init__(self, pidfile: str | None, listeners: list[socket.socket]) -> None:
         self.pidfile = None if pidfile is None else Pidfile(pidfile)
         self.oldbin = None if pidfile is None else Pidfile(f"{pidfile}.oldbin")
-        self.listeners = listeners  # in CMOGSTORED_FD order: per service mgmt, http, httpget
+        self.listeners = listeners  # in CMOGSTORED_FD order: per service mgmt, http, httpget; then metrics
         self.command = start_command()
         self.pid: int | None = None
 

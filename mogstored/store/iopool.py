@@ -12,7 +12,7 @@ import collections
 import threading
 from collections.abc import Callable
 
-from mogstored import log
+from mogstored import counters, log
 from mogstored.event.step import Client
 from mogstored.event.threads import ThreadSet
 from mogstored.store.devices import device_of_path
@@ -59,6 +59,7 @@ class IoPool:
         self.run = run
         self._jobs: collections.deque[Client | Task] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
+        self.stats = counters.PoolStats("none" if name == "shared" else name)  # metrics
         self._threads = ThreadSet(f"io:{name}", self._loop, self._cond, self._cond.notify)
         self._threads.resize(nthreads)
 
@@ -69,6 +70,16 @@ class IoPool:
 
     def call(self, fn: Callable[[], None]) -> None:
         self.submit(Task(fn))
+
+    @property
+    def nthreads(self) -> int:
+        """Threads it has now (metrics)."""
+        return len(self._threads.threads) - self._threads.excess
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued for a thread (metrics)."""
+        return len(self._jobs)
 
     def resize(self, n: int) -> None:
         self._threads.resize(n)
@@ -81,17 +92,21 @@ class IoPool:
         cond = self._cond
         threads = self._threads
         run = self.run
+        clock = self.stats.thread_clock()  # metrics: when this thread's step began
         while True:
             with cond:
                 while not jobs and threads.excess == 0:
                     cond.wait()
                 if not jobs and threads.leave():
+                    self.stats.drop_clock(clock)
                     return
                 job = jobs.popleft()
+            clock.since = counters.now()
             if type(job) is Task:
                 job.run()
             else:
                 run(job, self)  # type: ignore[arg-type]
+            clock.since = 0.0
 
 
 class IoQueues:
@@ -130,8 +145,11 @@ class IoQueues:
             for pool in (*self._pools.values(), self.shared):
                 pool.resize(per_device)
 
-    def stop(self) -> None:
+    def pools(self) -> list[IoPool]:
+        """Every pool, the shared one last."""
         with self._lock:
-            pools = [*self._pools.values(), self.shared]
-        for pool in pools:
+            return [*self._pools.values(), self.shared]
+
+    def stop(self) -> None:
+        for pool in self.pools():
             pool.stop()

@@ -10,24 +10,12 @@ from pathlib import Path
 
 import requests
 
-from conftest import Daemon
+from conftest import Daemon, fake_iostat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from mogstored.store.devices import read_mounts  # noqa: E402
 
 BLOCK = re.compile(rb"((?:\d+\t[^\t\n]+\n)*)\.\n")
-
-
-def fake_iostat(tmp: Path, body: str, interval: float = 0.1, count: int = 0) -> str:
-    """A MOG_IOSTAT_CMD printing sysstat-12 style reports every ``interval`` s."""
-    script = tmp / "fake_iostat.sh"
-    loop = f"i=0; while [ $i -lt {count} ]; do i=$((i+1));" if count else "while :; do"
-    script.write_text(
-        "#!/bin/sh\n"
-        "printf 'Linux 6.1 (host) \\t11/26/26 \\t_x86_64_\\t(2 CPU)\\n\\n'\n"
-        f"{loop} printf 'Device            r/s     w/s  %%util\\n{body}\\n'; sleep {interval}; done\n")
-    script.chmod(0o755)
-    return str(script)
 
 
 def iostat_name(docroot: Path) -> str | None:

@@ -413,6 +413,33 @@ def test_inherited_fds_skip_daemonizing_but_still_validate(root):
     assert "must use an absolute path" in startup_error("-d", "--docroot=d1", environ=env)
 
 
+def test_metricslisten_and_stallseconds(root):
+    opts = load("--docroot=d1", "--metricslisten=127.0.0.1:9100", "--stallseconds=4")
+    assert (opts.metricslisten, opts.stallseconds) == (Listen("127.0.0.1", 9100), 4)
+    opts = load("--docroot=d1")
+    assert (opts.metricslisten, opts.stallseconds) == (None, 10)  # off by default
+
+
+def test_metricslisten_from_config_command_line_wins(root):
+    (root / "m.conf").write_text("metricslisten = 127.0.0.1:9100\nstallseconds = 7\n")
+    opts = load("--config=m.conf", "--docroot=d1")
+    assert (opts.metricslisten, opts.stallseconds) == (Listen("127.0.0.1", 9100), 7)
+    opts = load("--config=m.conf", "--docroot=d1", "--metricslisten=9200", "--stallseconds=2")
+    assert (opts.metricslisten, opts.stallseconds) == (Listen("0.0.0.0", 9200), 2)
+
+
+def test_metricslisten_never_shares_a_port(root):
+    assert "metricslisten=0.0.0.0:7500 is also a listener" in startup_error("--docroot=d1", "--metricslisten=7500")
+    assert "is also a listener" in startup_error(
+        "--docroot=d1", "--httplisten=127.0.0.1:8000", "--metricslisten=127.0.0.1:8000")
+    assert load("--docroot=d1", "--httplisten=127.0.0.1:8000", "--metricslisten=127.0.0.2:8000").metricslisten
+
+
+def test_stallseconds_must_be_positive(root):
+    assert startup_error("--docroot=d1", "--stallseconds=0") == "--stallseconds must be at least 1"
+    assert "invalid character" in startup_error("--docroot=d1", "--stallseconds=1s")
+
+
 def test_durable_and_mountcheck_flags(root):
     service = load("--docroot=d1").services[0]
     assert (service.durable, service.mountcheck) == (False, False)

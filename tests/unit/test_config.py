@@ -218,6 +218,24 @@ def test_yaml_not_chosen_for_other_names(tmp_path, warnings):
     assert cfg.docroot is None and len(warnings) == 1
 
 
+# --- metrics ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, text", [
+    ("m.conf", "metricslisten = 127.0.0.1:9100\nstallseconds = 3\n"),
+    ("m.yaml", "metricslisten: 127.0.0.1:9100\nstallseconds: 3\n"),
+])
+def test_metrics_keys(tmp_path, warnings, name, text):
+    cfg = load(tmp_path, text, warnings, name)
+    assert (cfg.metricslisten, cfg.stallseconds, warnings) == (Listen("127.0.0.1", 9100), 3, [])
+    assert not cfg.has_listener  # a metrics port alone serves no docroot
+
+
+@pytest.mark.parametrize("line", ["stallseconds = 0", "stallseconds = x", "metricslisten = nope"])
+def test_bad_metrics_keys_are_parser_errors(tmp_path, warnings, line):
+    with pytest.raises(StartupError, match="parser error"):
+        load(tmp_path, line + "\n", warnings)
+
+
 def test_durable_and_mountcheck_keys(tmp_path, warnings):
     cfg = load(tmp_path, "", warnings)
     assert (cfg.durable, cfg.mountcheck) == (False, False)

@@ -11,12 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from mogstored import counters
 from mogstored.event.step import Next
 from mogstored.http import states
 from mogstored.http.connection import TRICKLE_PIECES, HttpConnection
 from mogstored.store.fs import Docroot
 
-POOL = SimpleNamespace(name="dev1")  # stands in for a device I/O pool
+POOL = SimpleNamespace(name="dev1", stats=counters.PoolStats("dev1"))  # stands in for a device I/O pool
 
 
 @pytest.fixture
@@ -66,9 +67,11 @@ def test_states_are_listed_once_and_say_where_they_run() -> None:
 def test_get_hops_to_the_pool_then_answers_and_waits_for_the_next_request(pair) -> None:
     conn, peer, _, _ = pair
     peer.sendall(b"GET /dev1/f HTTP/1.1\r\n\r\n")
+    sent, ok = POOL.stats.sent, counters.requests[0][200]
     assert conn.step(None) is Next.RUN
     assert conn.state is states.OPENING and conn.pool is POOL
     assert conn.step(POOL) is Next.READ
+    assert (POOL.stats.sent - sent, counters.requests[0][200] - ok) == (10, 1)  # metrics: body bytes, one 200
     assert conn.state is states.READING and conn.transfer is states.NO_TRANSFER
     reply = _recv_all(peer)
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"\r\n\r\n0123456789")
@@ -124,9 +127,11 @@ def test_put_body_in_pieces_waits_in_epoll_then_commits(pair) -> None:
     assert conn.state is states.CREATING
     assert conn.step(POOL) is Next.READ  # the rest of the body has not arrived
     assert conn.state is states.RECEIVING and conn.state.on_pool
+    received = POOL.stats.received
     peer.sendall(b"456789")
     assert conn.step(POOL) is Next.READ
     assert _recv_all(peer).startswith(b"HTTP/1.1 201 Created\r\n")
+    assert POOL.stats.received - received == 6  # metrics: the bytes written by this step
     assert (tmp_path / "dev1" / "new").read_bytes() == b"0123456789"
     assert changed == ["dev1/new"]
 
