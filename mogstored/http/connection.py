@@ -40,8 +40,8 @@ from mogstored.node import ServiceContext
 from mogstored.store.iopool import IoPool
 
 _NOTHING = memoryview(b"")
-
 TRICKLE_PIECES = 8  # a head still incomplete after this many reads is read at most once per event/later.DELAY
+
 
 class HttpConnection:
     """A client of an HTTP (or GET-only) listener."""
