@@ -1,9 +1,22 @@
 """A set of threads running one loop, resized at run time (epoll workers, pool threads)."""
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+
+from mogstored.libc import libc
+
+_PR_SET_NAME = 15
+_prctl = libc["prctl"]
+_prctl.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_prctl.restype = ctypes.c_int
+
+
+def set_thread_name(name: str) -> None:
+    """Name the calling OS thread (``/proc/PID/task/TID/comm``, ``top -H``); 15 bytes at most."""
+    _prctl(_PR_SET_NAME, name.encode()[:15])
 
 
 class ThreadSet:

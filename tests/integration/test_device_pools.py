@@ -2,7 +2,6 @@
 fsck queue, devices added at run time, usage kept in memory."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import signal
@@ -10,19 +9,16 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import Daemon, read_until, wait_for
+from conftest import BlockedOpens, Daemon, named_threads, read_until, wait_for
 
 POOL = 10  # default threads per device
 SHARED = 4  # default threads of the pool for paths outside any device
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
 
 
 def settle(d: Daemon) -> None:
@@ -34,39 +30,6 @@ def settle(d: Daemon) -> None:
 
 def get_status(d: Daemon, path: str, timeout: float = 30.0) -> int:
     return requests.get(d.url(path), timeout=timeout).status_code
-
-
-class BlockedOpens:
-    """Content-Range PUTs stuck in ``open(O_RDWR)`` of files we hold a read
-    lease on (F_SETLEASE): a real blocking file-system call, one pool thread
-    each, until we let go of the leases (the kernel would give up after
-    /proc/sys/fs/lease-break-time, 45 s by default)."""
-
-    def __init__(self, d: Daemon, dev: int, n: int) -> None:
-        self._old_sigio = signal.signal(signal.SIGIO, signal.SIG_IGN)  # lease-break notices
-        self.leases = []
-        for i in range(n):
-            path = d.docroot / f"dev{dev}" / f"leased{i}"
-            path.write_bytes(b"old")
-            fd = os.open(path, os.O_RDONLY)
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-            self.leases.append(fd)
-        self.results: list[int] = []
-        self.threads = [threading.Thread(target=self._put, args=(d, f"/dev{dev}/leased{i}")) for i in range(n)]
-        for t in self.threads:
-            t.start()
-
-    def _put(self, d: Daemon, path: str) -> None:
-        r = requests.put(d.url(path), data=b"new", headers={"Content-Range": "bytes 0-2/*"}, timeout=60)
-        self.results.append(r.status_code)
-
-    def release(self) -> None:
-        for fd in self.leases:
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-            os.close(fd)
-        for t in self.threads:
-            t.join(30)
-        signal.signal(signal.SIGIO, self._old_sigio)
 
 
 def test_saturated_device_does_not_slow_another(tmp_path: Path) -> None:
@@ -109,39 +72,73 @@ def _timed_get(d: Daemon, path: str) -> float:
     return time.monotonic() - t
 
 
+def _steady(count: Callable[[], int], want: int) -> None:
+    """``count()`` reaches ``want`` and stays there for a while."""
+    wait_for(lambda: count() == want, timeout=5, what=f"{want} threads")
+    time.sleep(0.3)
+    assert count() == want
+
+
 def test_aio_threads_resizes_device_pools(tmp_path: Path) -> None:
+    """Pool threads start as work comes, up to ``server aio_threads`` per device: with
+    more blocked requests than that, exactly N threads run per pool, the rest wait."""
     d = Daemon(tmp_path, devices=(1, 2))
+    blocked: list[BlockedOpens] = []
     try:
         settle(d)
-        before = thread_count(d.pid)
-        assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before - 2 * (POOL - 1) - (SHARED - 1), timeout=5)
-        assert d.mgmt_cmd(b"server aio_threads=20\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before + 2 * (20 - POOL) + 20 - SHARED, timeout=5)
+        io = {dev: (lambda dev=dev: named_threads(d.pid, f"io:dev{dev}")) for dev in (1, 2)}
+        assert io[1]() <= 1 and io[2]() <= 1  # idle: at most the one that ran the usage pass
+        assert d.mgmt_cmd(b"server aio_threads = 2\r\n") == b"\r\n"
+        time.sleep(0.2)  # the main thread applies it
+        blocked = [BlockedOpens(d, dev, 5) for dev in (1, 2)]
+        for dev in (1, 2):
+            _steady(io[dev], 2)
         assert d.mgmt_cmd(b"server aio_threads = 0\r\n") == b"\r\n"  # out of range: ignored
-        time.sleep(0.3)
-        assert thread_count(d.pid) == before + 2 * (20 - POOL) + 20 - SHARED
+        assert d.mgmt_cmd(b"server aio_threads = 101\r\n") == b"\r\n"
+        _steady(io[1], 2)
+        assert d.mgmt_cmd(b"server aio_threads=20\r\n") == b"\r\n"
+        for dev in (1, 2):
+            _steady(io[dev], 5)  # the queued requests get threads at once
         assert "server aio_threads=20" in d.stderr()
+        for b in blocked:
+            b.release()
+        assert [b.results for b in blocked] == [[201] * 5] * 2
+        blocked = []
+        assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
+        for dev in (1, 2):
+            _steady(io[dev], 1)  # surplus idle threads leave at once
         # Still serving after all that.
         (d.docroot / "dev1" / "f").write_bytes(b"abc")
         assert requests.get(d.url("/dev1/f"), timeout=10).content == b"abc"
     finally:
+        for b in blocked:
+            b.release()
         d.kill()
 
 
 def test_aio_threads_without_any_device(tmp_path: Path) -> None:
-    """Issue 7 item 4: on a docroot with no devNNN the setting still changes the
-    process's thread count (the shared pool), and changes it back with a larger N."""
-    d = Daemon(tmp_path, devices=())
+    """Issue 7 item 4: on a docroot with no devNNN the setting still limits the
+    process's pool threads: the shared pool, which serves a device that appeared
+    since the last scan."""
+    d = Daemon(tmp_path, devices=(), env={"MOG_DISK_USAGE_INTERVAL": "3600"})
+    blocked = None
     try:
         settle(d)
-        before = thread_count(d.pid)
+        (d.docroot / "dev9").mkdir()  # no scan will find it during the test
+        shared = lambda: named_threads(d.pid, "io:shared")  # noqa: E731
         assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before - (SHARED - 1), timeout=5, what="fewer threads")
+        time.sleep(0.2)
+        blocked = BlockedOpens(d, 9, 4)
+        _steady(shared, 1)
         assert d.mgmt_cmd(b"server aio_threads = 6\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before + 6 - SHARED, timeout=5, what="more threads")
+        _steady(shared, 4)
+        blocked.release()
+        assert blocked.results == [201] * 4
+        blocked = None
         assert requests.get(d.url("/"), timeout=10).status_code == 200
     finally:
+        if blocked is not None:
+            blocked.release()
         d.kill()
 
 
@@ -149,7 +146,6 @@ def test_device_added_at_run_time(tmp_path: Path) -> None:
     d = Daemon(tmp_path, devices=(1,), env={"MOG_DISK_USAGE_INTERVAL": "1"})
     try:
         settle(d)
-        before = thread_count(d.pid)
         (d.docroot / "dev7").mkdir()
         # Served at once (shared pool until the next scan gives it its own).
         r = requests.put(d.url("/dev7/0/000/000/0000000001.fid"), data=b"new disk", timeout=10)
@@ -157,7 +153,8 @@ def test_device_added_at_run_time(tmp_path: Path) -> None:
         usage = d.docroot / "dev7" / "usage"
         wait_for(usage.exists, timeout=5)
         assert usage.read_text().splitlines()[2] == f"disk: {d.docroot / 'dev7'}"
-        wait_for(lambda: thread_count(d.pid) == before + POOL, timeout=5)
+        # Its own pool: its usage passes and sweep run there.
+        wait_for(lambda: named_threads(d.pid, "io:dev7") >= 1, timeout=5)
         assert requests.get(d.url("/dev7/0/000/000/0000000001.fid"), timeout=10).content == b"new disk"
     finally:
         d.kill()
