@@ -349,6 +349,13 @@ def mounted(path: Path, fstype: str, image_dir: Path, size_mb: int = 64) -> Iter
             image.unlink()
 
 
+def remount_cold(path: Path, image_dir: Path) -> None:
+    """Unmount and mount again an ext4 ``mounted(path, "ext4", image_dir)``: the kernel
+    forgets its dentries and pages, so the next lookup and read must go to the disk."""
+    subprocess.run(["umount", str(path)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image_dir / f"{path.name}.ext4"), str(path)], check=True)
+
+
 def named_threads(pid: int, name: str) -> int:
     """Threads of ``pid`` whose OS name is ``name`` (pool threads are named
     ``io:devN`` / ``io:shared``, epoll workers ``epoll``)."""

@@ -38,7 +38,10 @@ def test_saturated_device_does_not_slow_another(tmp_path: Path) -> None:
     try:
         settle(d)
         (d.docroot / "dev1" / "small").write_bytes(b"x" * 4096)
-        (d.docroot / "dev2" / "queued").write_bytes(b"q")
+        # Larger than a body sent with its head from the page cache: sendfile in dev2's pool.
+        queued_body = os.urandom(1 << 20)
+        (d.docroot / "dev2" / "queued").write_bytes(queued_body)
+        (d.docroot / "dev2" / "cached").write_bytes(b"c" * 4096)
         baseline = [_timed_get(d, "/dev1/small") for _ in range(20)]
 
         blocked = BlockedOpens(d, 2, POOL)  # every dev2 pool thread stuck in open()
@@ -49,6 +52,8 @@ def test_saturated_device_does_not_slow_another(tmp_path: Path) -> None:
         during = [_timed_get(d, "/dev1/small") for _ in range(50)]
         time.sleep(0.3)
         assert not queued, "dev2 should have no free thread while its opens block"
+        # A small cached file needs no pool thread: served from the caches meanwhile.
+        assert _timed_get(d, "/dev2/cached") < 1.0
         assert not blocked.results
         assert max(during) < 1.0, during  # generous: dev1 does not wait for dev2
         print(f"\ndev1 GET latency: idle median {sorted(baseline)[10] * 1e3:.2f} ms; "
