@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BlockedOpens, Daemon, named_threads, read_until, wait_for
+from conftest import BlockedOpens, Daemon, mounted, named_threads, read_until, wait_for
 
 POOL = 10  # default threads per device
 SHARED = 4  # default threads of the pool for paths outside any device
@@ -265,3 +267,62 @@ def test_usage_over_http_is_complete(shared_daemon: Daemon, path: str) -> None:
     keys = [line.split(":")[0] for line in r.text.splitlines()]
     assert keys == ["available", "device", "disk", "time", "total", "use", "used"]
     assert _field(r.text, "used") > 0 and _field(r.text, "total") > 0  # the tracker rejects 0
+
+
+def test_frozen_filesystem_holds_only_its_own_device(tmp_path: Path) -> None:
+    """A real kernel-level hang: dev2 is a loop-mounted ext4 frozen with fsfreeze while
+    PUTs to it are in flight (blocked in the kernel, more of them than dev2 has
+    threads).  GET, PUT and sidechannel commands for dev1 go on as usual, a cached
+    dev2 file is still read; after the thaw every dev2 PUT completes."""
+    if shutil.which("fsfreeze") is None or not os.path.exists("/dev/loop-control"):
+        pytest.skip("needs fsfreeze and loop devices")
+    with mounted(tmp_path / "docroot" / "dev2", "ext4", tmp_path, 64) as dev2:
+        d = Daemon(tmp_path, devices=(1, 2))
+        frozen = False
+        puts: list[threading.Thread] = []
+        results: dict[str, int] = {}
+        try:
+            settle(d)
+            (d.docroot / "dev1" / "small").write_bytes(b"x" * 4096)
+            (dev2 / "old").write_bytes(b"o" * 4096)
+            assert requests.get(d.url("/dev2/old"), timeout=10).status_code == 200
+            subprocess.run(["fsfreeze", "-f", str(dev2)], check=True)
+            frozen = True
+            bodies = {f"/dev2/0/000/000/{i:010d}.fid": os.urandom(65536) for i in range(POOL + 2)}
+
+            def put(path: str) -> None:
+                results[path] = requests.put(d.url(path), data=bodies[path], timeout=120).status_code
+
+            puts = [threading.Thread(target=put, args=(p,)) for p in bodies]
+            for t in puts:
+                t.start()
+            wait_for(lambda: named_threads(d.pid, "io:dev2") == POOL, timeout=10, what="dev2's threads all blocked")
+            time.sleep(0.3)
+            assert not results, "PUTs to a frozen filesystem cannot have completed"
+
+            start = time.monotonic()
+            for i in range(20):
+                assert _timed_get(d, "/dev1/small") < 2.0
+                r = requests.put(d.url(f"/dev1/0/000/000/{i:010d}.fid"), data=b"p" * 65536, timeout=10)
+                assert r.status_code == 201
+                assert d.mgmt_cmd(b"size /dev1/small\r\n") == b"/dev1/small 4096\r\n"
+                assert d.mgmt_cmd(f"MD5 /dev1/0/000/000/{i:010d}.fid\r\n".encode()) == (
+                    f"/dev1/0/000/000/{i:010d}.fid MD5={hashlib.md5(b'p' * 65536).hexdigest()}\r\n".encode())
+            assert time.monotonic() - start < 20
+            r = requests.get(d.url("/dev2/old"), timeout=10)  # reads of a frozen filesystem do not block
+            assert (r.status_code, r.content) == (200, b"o" * 4096)
+            assert not results
+
+            subprocess.run(["fsfreeze", "-u", str(dev2)], check=True)
+            frozen = False
+            for t in puts:
+                t.join(60)
+            assert results == {p: 201 for p in bodies}
+            for p, body in bodies.items():
+                assert (d.docroot / p.lstrip("/")).read_bytes() == body
+        finally:
+            if frozen:
+                subprocess.run(["fsfreeze", "-u", str(dev2)], check=False)
+            for t in puts:
+                t.join(60)
+            d.kill()
