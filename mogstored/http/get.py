@@ -12,11 +12,12 @@ import os
 import stat
 
 from mogstored import log
+from mogstored.event.expiry import STARVED
 from mogstored.event.step import Next, Pool
-from mogstored.http.parser import resolve_range
+from mogstored.http.parser import Request, resolve_range
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head, file_head
-from mogstored.http.states import LOOKING, OPENING, SENDING, FileTransfer
+from mogstored.http.states import LOOKING, OPENING, SENDING, Connection, FileTransfer
 
 SENDFILE_CHUNK = 1 << 22
 SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
@@ -31,7 +32,11 @@ _noatime = os.O_NOATIME
 class GetTransfer(FileTransfer):
     """One GET or HEAD: OPENING, then SENDING while body bytes remain."""
 
-    __slots__ = ("offset", "remaining")  # set by OPENING for SENDING
+    __slots__ = ("offset", "remaining", "starved")  # offset, remaining: set for SENDING
+
+    def __init__(self, conn: Connection, req: Request, rel: str) -> None:
+        super().__init__(conn, req, rel)
+        self.starved: OSError | None = None  # LOOKING found no descriptor left
 
     def step(self, pool: Pool | None) -> Next:
         state = self.conn.state
@@ -51,7 +56,9 @@ class GetTransfer(FileTransfer):
                 st = os.fstat(self.file)
         except FileNotFoundError:  # a cached negative entry
             return conn.answer(error_head(404, req.keepalive))
-        except OSError:  # not cached (EAGAIN), or an error the pool handles and reports
+        except OSError as e:  # not cached (EAGAIN), or an error the pool handles and reports
+            if e.errno in STARVED:
+                self.starved = e  # the pool's open starts from this failure (expiry, retry)
             self.release()
             conn.state = OPENING
             return Next.RUN
@@ -88,6 +95,7 @@ class GetTransfer(FileTransfer):
         if cached and length <= INLINE_MAX and st.st_dev not in _NO_NOWAIT:
             whole = self._with_cached_body(head, first, length)
             if whole is not None:
+                self.release()  # all read: the descriptor is free before the client hears back
                 return conn.answer(whole)
         if length > FADVISE_MIN:
             os.posix_fadvise(self.file, first, length, os.POSIX_FADV_SEQUENTIAL)
@@ -114,6 +122,9 @@ class GetTransfer(FileTransfer):
 
     def _open_file(self) -> int:
         global _noatime
+        if self.starved is not None:
+            e, self.starved = self.starved, None
+            raise e
         docroot = self.conn.svc.docroot
         try:
             return docroot.open(self.rel, _GET_FLAGS | _noatime)
