@@ -57,8 +57,14 @@ class ThreadSet:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every thread and wait for them."""
-        with self.lock:
-            threads = list(self.threads)
-        self.resize(0)
-        for t in threads:
-            t.join(timeout)
+        stop_all(self.lock, self.threads, self.resize, timeout)
+
+
+def stop_all(lock: AbstractContextManager[object], threads: set[threading.Thread],
+             resize: Callable[[int], None], timeout: float) -> None:
+    """Resize a set of threads to none, then wait for those that were running."""
+    with lock:
+        running = list(threads)
+    resize(0)
+    for t in running:
+        t.join(timeout)

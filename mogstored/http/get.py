@@ -50,7 +50,7 @@ class GetTransfer(FileTransfer):
         docroot = conn.svc.docroot
         try:
             if req.method == "HEAD":
-                st = docroot.stat_cached(self.rel)
+                st = docroot.stat(self.rel, cached=True)
             else:
                 self.file = docroot.open_cached(self.rel, _GET_FLAGS | _noatime)
                 st = os.fstat(self.file)

@@ -4,7 +4,7 @@ Commands run strictly one at a time per connection, answers in order.  ``size``
 and digests touch a disk, so they are states with ``on_pool``: the event core
 runs them in the I/O pool of the device the path names; everything else is
 answered on the epoll worker, and so is a ``size`` the kernel answers from its
-caches without blocking (store.fs.Docroot.stat_cached).  The states, listed in
+caches without blocking (store.fs.Docroot.stat, cached).  The states, listed in
 :data:`STATES`:
 
     READING        lines in, answers out, commands run      (any thread)
@@ -278,7 +278,7 @@ class MgmtConnection:
 def _cached_size(svc: ServiceContext, path: str) -> bytes | None:
     """The ``size`` reply if the dentry cache has the whole path (no disk wait), else None."""
     try:
-        size = svc.docroot.stat_cached(resolve_path(path)).st_size
+        size = svc.docroot.stat(resolve_path(path), cached=True).st_size
     except BlockingIOError:
         return None
     except OSError:

@@ -123,16 +123,9 @@ class Docroot:
                 raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN), rel) from e
             raise
 
-    def stat(self, rel: str) -> os.stat_result:
-        fd = self.open(rel, os.O_PATH)
-        try:
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
-
-    def stat_cached(self, rel: str) -> os.stat_result:
-        """:meth:`stat` that cannot block (see :meth:`open_cached`)."""
-        fd = self.open_cached(rel, os.O_PATH)
+    def stat(self, rel: str, cached: bool = False) -> os.stat_result:
+        """fstat of an O_PATH open; ``cached``: only if that cannot block (:meth:`open_cached`)."""
+        fd = self.open_cached(rel, os.O_PATH) if cached else self.open(rel, os.O_PATH)
         try:
             return os.fstat(fd)
         finally:

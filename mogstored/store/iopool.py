@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from mogstored import log
 from mogstored.event.step import Client
-from mogstored.event.threads import set_thread_name
+from mogstored.event.threads import set_thread_name, stop_all
 from mogstored.store.devices import device_of_path
 
 BUFFER_SIZE = 1 << 20
@@ -107,11 +107,7 @@ class IoPool:
             self._idle.pop().release()
 
     def stop(self, timeout: float = 5.0) -> None:
-        with self._lock:
-            threads = list(self._threads)
-        self.resize(0)
-        for t in threads:
-            t.join(timeout)
+        stop_all(self._lock, self._threads, self.resize, timeout)
 
     def _loop(self) -> None:
         jobs = self._jobs
