@@ -4,18 +4,21 @@ from __future__ import annotations
 import calendar
 import contextlib
 import email.utils
+import fcntl
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+import requests
 
 HOST = "127.0.0.1"
 # Every daemon these tests start (``python -m mogstored`` from a temporary
@@ -356,3 +359,57 @@ def mounted(path: Path, fstype: str, image_dir: Path, size_mb: int = 64) -> Iter
         subprocess.run(["umount", str(path)], check=True)
         if fstype == "ext4":
             image.unlink()
+
+
+def remount_cold(path: Path, image_dir: Path) -> None:
+    """Unmount and mount again an ext4 ``mounted(path, "ext4", image_dir)``: the kernel
+    forgets its dentries and pages, so the next lookup and read must go to the disk."""
+    subprocess.run(["umount", str(path)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image_dir / f"{path.name}.ext4"), str(path)], check=True)
+
+
+def named_threads(pid: int, name: str) -> int:
+    """Threads of ``pid`` whose OS name is ``name`` (pool threads are named
+    ``io:devN`` / ``io:shared``, epoll workers ``epoll``)."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                n += f.read().strip() == name
+        except OSError:
+            pass  # exited meanwhile
+    return n
+
+
+class BlockedOpens:
+    """Content-Range PUTs stuck in ``open(O_RDWR)`` of files we hold a read
+    lease on (F_SETLEASE): a real blocking file-system call, one pool thread
+    each, until we let go of the leases (the kernel would give up after
+    /proc/sys/fs/lease-break-time, 45 s by default)."""
+
+    def __init__(self, d: "Daemon", dev: int, n: int) -> None:
+        self._old_sigio = signal.signal(signal.SIGIO, signal.SIG_IGN)  # lease-break notices
+        self.leases = []
+        for i in range(n):
+            path = d.docroot / f"dev{dev}" / f"leased{i}"
+            path.write_bytes(b"old")
+            fd = os.open(path, os.O_RDONLY)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            self.leases.append(fd)
+        self.results: list[int] = []
+        self.threads = [threading.Thread(target=self._put, args=(d, f"/dev{dev}/leased{i}")) for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _put(self, d: "Daemon", path: str) -> None:
+        r = requests.put(d.url(path), data=b"new", headers={"Content-Range": "bytes 0-2/*"}, timeout=60)
+        self.results.append(r.status_code)
+
+    def release(self) -> None:
+        for fd in self.leases:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            os.close(fd)
+        self.leases = []
+        for t in self.threads:
+            t.join(30)
+        signal.signal(signal.SIGIO, self._old_sigio)

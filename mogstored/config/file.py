@@ -16,8 +16,6 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import yaml
-
 from mogstored.config.options import Listen, StartupError
 
 Warn = Callable[[str], None]
@@ -131,6 +129,8 @@ def _key_value_entries(path: str, text: str, warn: Warn) -> Iterator[tuple[str, 
 
 def _yaml_entries(path: str, text: str) -> list[tuple[str, str | None]]:
     """Turn a YAML mapping of scalars into (key, value) pairs as the text format yields them."""
+    import yaml  # here: only .yaml configs pay its import time and memory (~3 MiB of RSS)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:

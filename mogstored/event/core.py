@@ -18,7 +18,7 @@ from collections.abc import Callable
 from mogstored import log
 from mogstored.event.later import Later
 from mogstored.event.step import Client, Next, Pool
-from mogstored.event.threads import ThreadSet
+from mogstored.event.threads import ThreadSet, set_thread_name
 
 ONESHOT = select.EPOLLONESHOT
 _WANT_READ = select.EPOLLIN | select.EPOLLRDHUP | ONESHOT | select.EPOLLET
@@ -97,6 +97,7 @@ class EventQueue:
         self.on_close()
 
     def _worker(self) -> None:
+        set_thread_name("epoll")
         poll = self.ep.poll
         clients = self.clients
         stop_fd = self._stop_fd

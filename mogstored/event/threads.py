@@ -1,9 +1,22 @@
 """A set of threads running one loop, resized at run time (epoll workers, pool threads)."""
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+
+from mogstored.libc import libc
+
+_PR_SET_NAME = 15
+_prctl = libc["prctl"]
+_prctl.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_prctl.restype = ctypes.c_int
+
+
+def set_thread_name(name: str) -> None:
+    """Name the calling OS thread (``/proc/PID/task/TID/comm``, ``top -H``); 15 bytes at most."""
+    _prctl(_PR_SET_NAME, name.encode()[:15])
 
 
 class ThreadSet:
@@ -44,8 +57,14 @@ class ThreadSet:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every thread and wait for them."""
-        with self.lock:
-            threads = list(self.threads)
-        self.resize(0)
-        for t in threads:
-            t.join(timeout)
+        stop_all(self.lock, self.threads, self.resize, timeout)
+
+
+def stop_all(lock: AbstractContextManager[object], threads: set[threading.Thread],
+             resize: Callable[[int], None], timeout: float) -> None:
+    """Resize a set of threads to none, then wait for those that were running."""
+    with lock:
+        running = list(threads)
+    resize(0)
+    for t in running:
+        t.join(timeout)

@@ -30,9 +30,9 @@ from mogstored.http.states import (
     ANSWERING,
     CREATING,
     DELETING,
+    LOOKING,
     NO_REQUEST,
     NO_TRANSFER,
-    OPENING,
     READING,
     Transfer,
 )
@@ -164,7 +164,7 @@ class HttpConnection:
             usage = self.svc.usage_body(path)
             if usage is not None:
                 return self._answer_bytes(req, *usage)
-            return self._start(GetTransfer(self, req, rel), OPENING, path)
+            return self._start(GetTransfer(self, req, rel), LOOKING, path)
         if method == "PUT":
             if self.svc.refuses_writes(path):
                 return self.fail(507)
@@ -182,7 +182,7 @@ class HttpConnection:
         self.transfer = transfer
         self.pool = self.svc.ioq.for_path(self.svc.docroot.path, path)
         self.state = state
-        return Next.RUN  # the core hops to the pool
+        return Next.RUN  # the core runs the state here or hops to the pool
 
     # -- responses (any thread) -------------------------------------------
     def fail(self, status: int) -> Next:
@@ -193,7 +193,7 @@ class HttpConnection:
         self.eof = True
         return self.answer(error_head(status, False))
 
-    def answer(self, head: bytes) -> Next:
+    def answer(self, head: bytes | bytearray) -> Next:
         """Send ``head`` (a whole answer), then finish."""
         self.req.status = int(head[9:12])  # metrics
         self.out = memoryview(head)

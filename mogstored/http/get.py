@@ -1,5 +1,10 @@
-"""GET and HEAD of a file below a device (§3.5): open and stat in the device
-pool, the head, then the body by sendfile from the pool as the socket drains."""
+"""GET and HEAD of a file below a device (§3.5).
+
+First on the thread that parsed the request, as far as the kernel guarantees it
+cannot block: a lookup served from the dentry cache (RESOLVE_CACHED), fstat, and
+for a small body a page-cache read (RWF_NOWAIT) sent with the head in one send.
+Whatever would wait for a disk goes to the device pool: open and stat there,
+the head, then the body by sendfile from the pool as the socket drains."""
 from __future__ import annotations
 
 import errno
@@ -7,15 +12,18 @@ import os
 import stat
 
 from mogstored import log
+from mogstored.event.expiry import STARVED
 from mogstored.event.step import Next, Pool
-from mogstored.http.parser import resolve_range
+from mogstored.http.parser import Request, resolve_range
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head, file_head
-from mogstored.http.states import SENDING, FileTransfer
+from mogstored.http.states import LOOKING, OPENING, SENDING, Connection, FileTransfer
 
 SENDFILE_CHUNK = 1 << 22
 SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
 FADVISE_MIN = 256 << 10
+INLINE_MAX = 64 << 10  # a cached body this small goes out with its head, read on the event thread
+_NO_NOWAIT: set[int] = set()  # st_dev of filesystems without RWF_NOWAIT reads (tmpfs): never tried again
 # O_NONBLOCK: a FIFO below devN must not block an I/O thread in open() (it is then 403).
 _GET_FLAGS = os.O_RDONLY | os.O_NONBLOCK
 _noatime = os.O_NOATIME
@@ -24,12 +32,40 @@ _noatime = os.O_NOATIME
 class GetTransfer(FileTransfer):
     """One GET or HEAD: OPENING, then SENDING while body bytes remain."""
 
-    __slots__ = ("offset", "remaining")  # set by OPENING for SENDING
+    __slots__ = ("offset", "remaining", "starved")  # offset, remaining: set for SENDING
+
+    def __init__(self, conn: Connection, req: Request, rel: str) -> None:
+        super().__init__(conn, req, rel)
+        self.starved: OSError | None = None  # LOOKING found no descriptor left
 
     def step(self, pool: Pool | None) -> Next:
-        return self._send() if self.conn.state is SENDING else self._open()
+        state = self.conn.state
+        if state is SENDING:
+            return self._send()
+        return self._look() if state is LOOKING else self._open()
+
+    def _look(self) -> Next:
+        """LOOKING: answer from the caches, or go to OPENING in the pool."""
+        conn, req = self.conn, self.req
+        docroot = conn.svc.docroot
+        try:
+            if req.method == "HEAD":
+                st = docroot.stat(self.rel, cached=True)
+            else:
+                self.file = docroot.open_cached(self.rel, _GET_FLAGS | _noatime)
+                st = os.fstat(self.file)
+        except FileNotFoundError:  # a cached negative entry
+            return conn.answer(error_head(404, req.keepalive))
+        except OSError as e:  # not cached (EAGAIN), or an error the pool handles and reports
+            if e.errno in STARVED:
+                self.starved = e  # the pool's open starts from this failure (expiry, retry)
+            self.release()
+            conn.state = OPENING
+            return Next.RUN
+        return self._respond(st, cached=True)
 
     def _open(self) -> Next:
+        """OPENING (device pool)."""
         conn, req = self.conn, self.req
         svc = conn.svc
         try:
@@ -41,6 +77,12 @@ class GetTransfer(FileTransfer):
         except OSError as e:
             conn.pool.stats.io_error(e.errno)
             return conn.answer(error_head(status_for(e.errno, Op.READ), req.keepalive))
+        return self._respond(st, cached=False)
+
+    def _respond(self, st: os.stat_result, cached: bool) -> Next:
+        """The head for ``st``, then the body: with it if ``cached`` and it is small and
+        in the page cache, else by sendfile in the pool."""
+        conn, req = self.conn, self.req
         if not stat.S_ISREG(st.st_mode):
             return conn.answer(error_head(403, req.keepalive))
         size = st.st_size
@@ -51,6 +93,12 @@ class GetTransfer(FileTransfer):
         head = file_head(status, st.st_mtime, length, req.keepalive, first, last, size)
         if req.method == "HEAD" or length == 0:
             return conn.answer(head)
+        if cached and length <= INLINE_MAX and st.st_dev not in _NO_NOWAIT:
+            whole = self._with_cached_body(head, first, length)
+            if whole is not None:
+                self.release()  # all read: the descriptor is free before the client hears back
+                conn.pool.stats.sent += length  # metrics
+                return conn.answer(whole)
         if length > FADVISE_MIN:
             os.posix_fadvise(self.file, first, length, os.POSIX_FADV_SEQUENTIAL)
         conn.out = memoryview(head)
@@ -58,10 +106,28 @@ class GetTransfer(FileTransfer):
         self.offset = first
         self.remaining = length
         conn.state = SENDING
-        return self._send()
+        return Next.RUN if cached else self._send()
+
+    def _with_cached_body(self, head: bytes, first: int, length: int) -> bytearray | None:
+        """head + body if the whole body is in the page cache (RWF_NOWAIT), else None."""
+        whole = bytearray(len(head) + length)
+        whole[: len(head)] = head
+        with memoryview(whole) as view:
+            try:
+                n = os.preadv(self.file, [view[len(head) :]], first, os.RWF_NOWAIT)
+            except BlockingIOError:  # not (all) in the page cache
+                return None
+            except OSError as e:  # EOPNOTSUPP: not on this filesystem
+                if e.errno == errno.EOPNOTSUPP:
+                    _NO_NOWAIT.add(os.fstat(self.file).st_dev)
+                return None
+        return whole if n == length else None  # short: partly cached, or the file shrank
 
     def _open_file(self) -> int:
         global _noatime
+        if self.starved is not None:
+            e, self.starved = self.starved, None
+            raise e
         docroot = self.conn.svc.docroot
         try:
             return docroot.open(self.rel, _GET_FLAGS | _noatime)

@@ -3,6 +3,8 @@
 
     READING    head bytes in, parse; dispatch               (any thread)
     ANSWERING  send an answer made in memory, then finish   (any thread)
+    LOOKING    GET/HEAD from the caches if that cannot block:
+               cached lookup, fstat, page-cache read (get.py) (any thread)
     OPENING    GET/HEAD: open, fstat, head  (get.py)        (device pool)
     SENDING    GET body by sendfile         (get.py)        (device pool)
     CREATING   PUT: the temp file           (put.py)        (device pool)
@@ -20,10 +22,10 @@ from mogstored.http.parser import Request
 from mogstored.node import ServiceContext
 from mogstored.store.iopool import IoPool
 
-READING, ANSWERING = states("reading", "answering", on_pool=False)
+READING, ANSWERING, LOOKING = states("reading", "answering", "looking", on_pool=False)
 OPENING, SENDING, CREATING, RECEIVING, DELETING = states(
     "opening", "sending", "creating", "receiving", "deleting", on_pool=True)
-STATES = (READING, ANSWERING, OPENING, SENDING, CREATING, RECEIVING, DELETING)
+STATES = (READING, ANSWERING, LOOKING, OPENING, SENDING, CREATING, RECEIVING, DELETING)
 
 
 class Transfer(Protocol):
@@ -84,7 +86,7 @@ class Connection(Protocol):
         """Answer an error and close (§3.8.2)."""
         ...
 
-    def answer(self, head: bytes) -> Next:
+    def answer(self, head: bytes | bytearray) -> Next:
         """Send a whole answer, then finish."""
         ...
 

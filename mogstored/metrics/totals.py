@@ -127,7 +127,7 @@ class NodeMetrics:
         for pool in self.ioq.pools():
             st = pool.stats
             busy, oldest = st.in_flight(at)
-            _add(g, ("threads", st.device), pool.nthreads)
+            _add(g, ("threads", st.device), pool.limit)
             _add(g, ("busy", st.device), busy)
             _add(g, ("waiting", st.device), pool.waiting)
             g[("oldest", st.device)] = max(g.get(("oldest", st.device), 0.0), oldest)

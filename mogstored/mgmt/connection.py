@@ -3,7 +3,9 @@
 Commands run strictly one at a time per connection, answers in order.  ``size``
 and digests touch a disk, so they are states with ``on_pool``: the event core
 runs them in the I/O pool of the device the path names; everything else is
-answered on the epoll worker.  The states, listed in :data:`STATES`:
+answered on the epoll worker, and so is a ``size`` the kernel answers from its
+caches without blocking (store.fs.Docroot.stat, cached).  The states, listed in
+:data:`STATES`:
 
     READING        lines in, answers out, commands run      (any thread)
     SIZING         ``size``: one stat                       (device pool)
@@ -154,12 +156,14 @@ class MgmtConnection:
     def _run(self, cmd: Command) -> Next | None:
         """Answer one command; a return value means "not finished here"."""
         counters.mgmt_command(_label(cmd))
-        if isinstance(cmd, (Size, Digest)):
+        if isinstance(cmd, Size) and (reply := _cached_size(self.svc, cmd.path)) is not None:
+            self.out += reply
+        elif isinstance(cmd, (Size, Digest)):
             self.cmd = cmd
             self.pool = self.svc.ioq.for_path(self.svc.docroot.path, cmd.path)
             self.state = SIZING if isinstance(cmd, Size) else OPENING
             return Next.RUN  # the core hops to the pool
-        if isinstance(cmd, Blank):
+        elif isinstance(cmd, Blank):
             self.out += BLANK_REPLY
         elif isinstance(cmd, BadPath):
             self.out += BAD_PATH_REPLY
@@ -276,6 +280,17 @@ class MgmtConnection:
                 return Next.CLOSE
             if not data:
                 return Next.CLOSE
+
+
+def _cached_size(svc: ServiceContext, path: str) -> bytes | None:
+    """The ``size`` reply if the dentry cache has the whole path (no disk wait), else None."""
+    try:
+        size = svc.docroot.stat(resolve_path(path), cached=True).st_size
+    except BlockingIOError:
+        return None
+    except OSError:
+        size = -1
+    return size_reply(path, size)
 
 
 _STEPS: dict[State, Callable[[MgmtConnection], Next]] = {

@@ -38,6 +38,7 @@ PARENT_CHECK_INTERVAL = 1.0  # a worker notices an exited master this soon
 # An idle client heard from this recently is left a moment longer when shutting
 # down: a request sent on a connection just accepted is answered, not cut off.
 SHUTDOWN_GRACE_MS = 100
+EPOLL_WORKERS = 1
 
 
 def usage_interval(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
@@ -87,9 +88,10 @@ class Server:
         self.quitting = False
         self._wake = signals.Waker()
         self._asks: collections.deque[tuple[Ask, int]] = collections.deque()
-        # Epoll workers never wait for a disk, so one per CPU is enough; more only
-        # contend for the interpreter lock (measured: ~15% fewer small GETs with 4).
-        self.queue = EventQueue(max(2, os.cpu_count() or 1), on_close=self._wake.set)
+        # One epoll worker: it never waits for a disk, and under the interpreter lock a
+        # second one only adds lock hand-offs (measured: ~18% more small GETs with 1
+        # than with 2, pinned and unpinned; more CPUs: --worker-processes).
+        self.queue = EventQueue(EPOLL_WORKERS, on_close=self._wake.set)
         self.upgrade = upgrade
         self.master_pid = master_pid
         self.board = board

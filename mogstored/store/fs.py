@@ -20,6 +20,7 @@ _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
+_RESOLVE_CACHED = 0x20  # Linux >= 5.12: EAGAIN unless every component is in the dentry cache
 _RESOLVE = _RESOLVE_NO_MAGICLINKS | _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH
 
 
@@ -31,35 +32,45 @@ _syscall = libc["syscall"]  # our own copy: the argtypes below are openat2's
 _syscall.restype = ctypes.c_long
 _syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
 _HOW_SIZE = ctypes.sizeof(_OpenHow)
-# One read-only open_how per (flags, mode), shared by every thread: this is a
-# per-request call, and building ctypes structures costs more than the syscall.
-_hows: dict[tuple[int, int], tuple[_OpenHow, int]] = {}
+# One read-only open_how per (flags, mode, resolve), shared by every thread: this
+# is a per-request call, and building ctypes structures costs more than the syscall.
+_hows: dict[tuple[int, int, int], tuple[_OpenHow, int]] = {}
 
 
-def _how(flags: int, mode: int) -> int:
-    key = (flags, mode)
+def _how(flags: int, mode: int, resolve: int) -> int:
+    key = (flags, mode, resolve)
     entry = _hows.get(key)
     if entry is None:
-        how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, _RESOLVE)
+        how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
         entry = _hows.setdefault(key, (how, ctypes.addressof(how)))
     return entry[1]
 
 
-def _openat2(dirfd: int, path: str, flags: int, mode: int) -> int:
-    fd = _syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), _how(flags, mode), _HOW_SIZE)
+def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int = _RESOLVE) -> int:
+    fd = _syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), _how(flags, mode, resolve), _HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return fd
 
 
+_cached_ok = False  # RESOLVE_CACHED known to the kernel (5.12+)
+
+
 def _require_openat2() -> None:
-    """Fail at start-up, not per request, on kernels without openat2 (< 5.6)."""
+    """Fail at start-up, not per request, on kernels without openat2 (< 5.6); find
+    out whether RESOLVE_CACHED is known (EINVAL before 5.12: never serve cached)."""
+    global _cached_ok
     if _SYS_OPENAT2 is None:
         raise OSError(errno.ENOSYS, f"openat2 syscall number unknown on {platform.machine()}")
     root = os.open("/", os.O_PATH | os.O_CLOEXEC)
     try:
         os.close(_openat2(root, ".", os.O_PATH, 0))
+        try:
+            os.close(_openat2(root, ".", os.O_PATH, 0, _RESOLVE | _RESOLVE_CACHED))
+            _cached_ok = True
+        except OSError as e:
+            _cached_ok = e.errno == errno.EAGAIN
     finally:
         os.close(root)
 
@@ -96,8 +107,25 @@ class Docroot:
             finally:
                 os.close(devfd)
 
-    def stat(self, rel: str) -> os.stat_result:
-        fd = self.open(rel, os.O_PATH)
+    def open_cached(self, rel: str, flags: int) -> int:
+        """Open ``rel`` only if that cannot block: every path component is in the
+        dentry cache (RESOLVE_CACHED), so an event thread may call it.
+
+        BlockingIOError when the lookup would have to wait for a disk, and also for
+        what only :meth:`open` handles (a symlinked devN: ELOOP); FileNotFoundError
+        from a cached negative entry is a true answer.  Raises OSError."""
+        if not rel or not _cached_ok:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN), rel)
+        try:
+            return _openat2(self.fd, rel, flags, 0, _RESOLVE | _RESOLVE_CACHED)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN), rel) from e
+            raise
+
+    def stat(self, rel: str, cached: bool = False) -> os.stat_result:
+        """fstat of an O_PATH open; ``cached``: only if that cannot block (:meth:`open_cached`)."""
+        fd = self.open_cached(rel, os.O_PATH) if cached else self.open(rel, os.O_PATH)
         try:
             return os.fstat(fd)
         finally:

@@ -14,13 +14,14 @@ from collections.abc import Callable
 
 from mogstored import counters, log
 from mogstored.event.step import Client
-from mogstored.event.threads import ThreadSet
+from mogstored.event.threads import set_thread_name, stop_all
 from mogstored.store.devices import device_of_path
 
 BUFFER_SIZE = 1 << 20
 DEFAULT_THREADS = 10  # per device, like Perlbal's per-device AIO channels
 SHARED_THREADS = 4  # paths outside any device (/, /foo, sidechannel misc)
 MAX_THREADS = 100
+IDLE_EXIT = 10.0  # seconds a pool thread waits for work before it exits
 
 Run = Callable[[Client, "IoPool"], None]  # the event core's EventQueue.run
 
@@ -52,29 +53,40 @@ class Task:
 
 
 class IoPool:
-    """A FIFO of parked clients and the threads that run their steps."""
+    """A FIFO of parked clients and the threads that run their steps.
+
+    Threads start lazily: a submit wakes an idle thread if there is one, else
+    starts a new one while fewer than ``limit`` run.  A thread idle for
+    IDLE_EXIT seconds exits.  So a pool serving page-cache hits one at a time
+    keeps one thread, and threads with nothing to do do not wait in line for
+    the interpreter lock; a slow disk still gets up to ``limit`` requests in
+    flight.  The most recently idle thread is woken first (its stack is warm).
+    """
 
     def __init__(self, name: str, run: Run, nthreads: int) -> None:
         self.name = name
         self.run = run
+        self.limit = nthreads  # server aio_threads: the most threads it may run
         self._jobs: collections.deque[Client | Task] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
         self.stats = counters.PoolStats("none" if name == "shared" else name)  # metrics
-        self._threads = ThreadSet(f"io:{name}", self._loop, self._cond, self._cond.notify)
-        self._threads.resize(nthreads)
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._idle: list[threading.Lock] = []  # one held lock per waiting thread, released to wake it
 
     def submit(self, client: Client | Task) -> None:
-        with self._cond:
+        with self._lock:
             self._jobs.append(client)
-            self._cond.notify()
+            if self._idle:
+                self._idle.pop().release()
+            elif len(self._threads) < self.limit:
+                self._start_thread()
 
     def call(self, fn: Callable[[], None]) -> None:
         self.submit(Task(fn))
 
-    @property
-    def nthreads(self) -> int:
-        """Threads it has now (metrics)."""
-        return len(self._threads.threads) - self._threads.excess
+    def threads(self) -> int:
+        """Threads running now (at most ``limit``)."""
+        return len(self._threads)
 
     @property
     def waiting(self) -> int:
@@ -82,25 +94,66 @@ class IoPool:
         return len(self._jobs)
 
     def resize(self, n: int) -> None:
-        self._threads.resize(n)
+        """At most ``n`` threads from now on: surplus ones exit when idle, or at
+        once if they are."""
+        with self._lock:
+            self.limit = n
+            self._wake_all()
+            for _ in range(min(n - len(self._threads), len(self._jobs))):
+                self._start_thread()
+
+    def _start_thread(self) -> None:
+        """Holding ``_lock``."""
+        t = threading.Thread(target=self._loop, name=f"io:{self.name}", daemon=True)
+        self._threads.add(t)
+        t.start()
+
+    def _wake_all(self) -> None:
+        while self._idle:
+            self._idle.pop().release()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._threads.stop(timeout)
+        stop_all(self._lock, self._threads, self.resize, timeout)
 
     def _loop(self) -> None:
+        clock = self.stats.thread_clock()  # metrics: when this thread's current job began
+        try:
+            self._work(clock)
+        finally:
+            self.stats.drop_clock(clock)
+
+    def _work(self, clock: counters.CallClock) -> None:
         jobs = self._jobs
-        cond = self._cond
-        threads = self._threads
+        lock = self._lock
+        me = threading.current_thread()
+        wake = threading.Lock()
         run = self.run
-        clock = self.stats.thread_clock()  # metrics: when this thread's step began
+        set_thread_name(f"io:{self.name}")
         while True:
-            with cond:
-                while not jobs and threads.excess == 0:
-                    cond.wait()
-                if not jobs and threads.leave():
-                    self.stats.drop_clock(clock)
+            with lock:
+                if len(self._threads) > self.limit:
+                    self._threads.discard(me)
                     return
-                job = jobs.popleft()
+                if jobs:
+                    job = jobs.popleft()
+                else:
+                    wake.acquire()
+                    self._idle.append(wake)
+                    job = None
+            if job is None:
+                if wake.acquire(timeout=IDLE_EXIT):
+                    wake.release()
+                    continue  # woken: a job, or a resize
+                with lock:
+                    if wake in self._idle:  # nobody woke us: leave
+                        self._idle.remove(wake)
+                        wake.release()
+                        self._threads.discard(me)
+                        return
+                # woken just as the wait timed out: take the wake-up
+                wake.acquire()
+                wake.release()
+                continue
             clock.since = counters.now()
             if type(job) is Task:
                 job.run()

@@ -2,27 +2,25 @@
 fsck queue, devices added at run time, usage kept in memory."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import stat
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import Daemon, read_until, wait_for
+from conftest import BlockedOpens, Daemon, mounted, named_threads, read_until, wait_for
 
 POOL = 10  # default threads per device
 SHARED = 4  # default threads of the pool for paths outside any device
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
 
 
 def settle(d: Daemon) -> None:
@@ -36,46 +34,16 @@ def get_status(d: Daemon, path: str, timeout: float = 30.0) -> int:
     return requests.get(d.url(path), timeout=timeout).status_code
 
 
-class BlockedOpens:
-    """Content-Range PUTs stuck in ``open(O_RDWR)`` of files we hold a read
-    lease on (F_SETLEASE): a real blocking file-system call, one pool thread
-    each, until we let go of the leases (the kernel would give up after
-    /proc/sys/fs/lease-break-time, 45 s by default)."""
-
-    def __init__(self, d: Daemon, dev: int, n: int) -> None:
-        self._old_sigio = signal.signal(signal.SIGIO, signal.SIG_IGN)  # lease-break notices
-        self.leases = []
-        for i in range(n):
-            path = d.docroot / f"dev{dev}" / f"leased{i}"
-            path.write_bytes(b"old")
-            fd = os.open(path, os.O_RDONLY)
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-            self.leases.append(fd)
-        self.results: list[int] = []
-        self.threads = [threading.Thread(target=self._put, args=(d, f"/dev{dev}/leased{i}")) for i in range(n)]
-        for t in self.threads:
-            t.start()
-
-    def _put(self, d: Daemon, path: str) -> None:
-        r = requests.put(d.url(path), data=b"new", headers={"Content-Range": "bytes 0-2/*"}, timeout=60)
-        self.results.append(r.status_code)
-
-    def release(self) -> None:
-        for fd in self.leases:
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-            os.close(fd)
-        for t in self.threads:
-            t.join(30)
-        signal.signal(signal.SIGIO, self._old_sigio)
-
-
 def test_saturated_device_does_not_slow_another(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     blocked = None
     try:
         settle(d)
         (d.docroot / "dev1" / "small").write_bytes(b"x" * 4096)
-        (d.docroot / "dev2" / "queued").write_bytes(b"q")
+        # Larger than a body sent with its head from the page cache: sendfile in dev2's pool.
+        queued_body = os.urandom(1 << 20)
+        (d.docroot / "dev2" / "queued").write_bytes(queued_body)
+        (d.docroot / "dev2" / "cached").write_bytes(b"c" * 4096)
         baseline = [_timed_get(d, "/dev1/small") for _ in range(20)]
 
         blocked = BlockedOpens(d, 2, POOL)  # every dev2 pool thread stuck in open()
@@ -86,6 +54,8 @@ def test_saturated_device_does_not_slow_another(tmp_path: Path) -> None:
         during = [_timed_get(d, "/dev1/small") for _ in range(50)]
         time.sleep(0.3)
         assert not queued, "dev2 should have no free thread while its opens block"
+        # A small cached file needs no pool thread: served from the caches meanwhile.
+        assert _timed_get(d, "/dev2/cached") < 1.0
         assert not blocked.results
         assert max(during) < 1.0, during  # generous: dev1 does not wait for dev2
         print(f"\ndev1 GET latency: idle median {sorted(baseline)[10] * 1e3:.2f} ms; "
@@ -109,39 +79,73 @@ def _timed_get(d: Daemon, path: str) -> float:
     return time.monotonic() - t
 
 
+def _steady(count: Callable[[], int], want: int) -> None:
+    """``count()`` reaches ``want`` and stays there for a while."""
+    wait_for(lambda: count() == want, timeout=5, what=f"{want} threads")
+    time.sleep(0.3)
+    assert count() == want
+
+
 def test_aio_threads_resizes_device_pools(tmp_path: Path) -> None:
+    """Pool threads start as work comes, up to ``server aio_threads`` per device: with
+    more blocked requests than that, exactly N threads run per pool, the rest wait."""
     d = Daemon(tmp_path, devices=(1, 2))
+    blocked: list[BlockedOpens] = []
     try:
         settle(d)
-        before = thread_count(d.pid)
-        assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before - 2 * (POOL - 1) - (SHARED - 1), timeout=5)
-        assert d.mgmt_cmd(b"server aio_threads=20\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before + 2 * (20 - POOL) + 20 - SHARED, timeout=5)
+        io = {dev: (lambda dev=dev: named_threads(d.pid, f"io:dev{dev}")) for dev in (1, 2)}
+        assert io[1]() <= 1 and io[2]() <= 1  # idle: at most the one that ran the usage pass
+        assert d.mgmt_cmd(b"server aio_threads = 2\r\n") == b"\r\n"
+        time.sleep(0.2)  # the main thread applies it
+        blocked = [BlockedOpens(d, dev, 5) for dev in (1, 2)]
+        for dev in (1, 2):
+            _steady(io[dev], 2)
         assert d.mgmt_cmd(b"server aio_threads = 0\r\n") == b"\r\n"  # out of range: ignored
-        time.sleep(0.3)
-        assert thread_count(d.pid) == before + 2 * (20 - POOL) + 20 - SHARED
+        assert d.mgmt_cmd(b"server aio_threads = 101\r\n") == b"\r\n"
+        _steady(io[1], 2)
+        assert d.mgmt_cmd(b"server aio_threads=20\r\n") == b"\r\n"
+        for dev in (1, 2):
+            _steady(io[dev], 5)  # the queued requests get threads at once
         assert "server aio_threads=20" in d.stderr()
+        for b in blocked:
+            b.release()
+        assert [b.results for b in blocked] == [[201] * 5] * 2
+        blocked = []
+        assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
+        for dev in (1, 2):
+            _steady(io[dev], 1)  # surplus idle threads leave at once
         # Still serving after all that.
         (d.docroot / "dev1" / "f").write_bytes(b"abc")
         assert requests.get(d.url("/dev1/f"), timeout=10).content == b"abc"
     finally:
+        for b in blocked:
+            b.release()
         d.kill()
 
 
 def test_aio_threads_without_any_device(tmp_path: Path) -> None:
-    """Issue 7 item 4: on a docroot with no devNNN the setting still changes the
-    process's thread count (the shared pool), and changes it back with a larger N."""
-    d = Daemon(tmp_path, devices=())
+    """Issue 7 item 4: on a docroot with no devNNN the setting still limits the
+    process's pool threads: the shared pool, which serves a device that appeared
+    since the last scan."""
+    d = Daemon(tmp_path, devices=(), env={"MOG_DISK_USAGE_INTERVAL": "3600"})
+    blocked = None
     try:
         settle(d)
-        before = thread_count(d.pid)
+        (d.docroot / "dev9").mkdir()  # no scan will find it during the test
+        shared = lambda: named_threads(d.pid, "io:shared")  # noqa: E731
         assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before - (SHARED - 1), timeout=5, what="fewer threads")
+        time.sleep(0.2)
+        blocked = BlockedOpens(d, 9, 4)
+        _steady(shared, 1)
         assert d.mgmt_cmd(b"server aio_threads = 6\r\n") == b"\r\n"
-        wait_for(lambda: thread_count(d.pid) == before + 6 - SHARED, timeout=5, what="more threads")
+        _steady(shared, 4)
+        blocked.release()
+        assert blocked.results == [201] * 4
+        blocked = None
         assert requests.get(d.url("/"), timeout=10).status_code == 200
     finally:
+        if blocked is not None:
+            blocked.release()
         d.kill()
 
 
@@ -149,7 +153,6 @@ def test_device_added_at_run_time(tmp_path: Path) -> None:
     d = Daemon(tmp_path, devices=(1,), env={"MOG_DISK_USAGE_INTERVAL": "1"})
     try:
         settle(d)
-        before = thread_count(d.pid)
         (d.docroot / "dev7").mkdir()
         # Served at once (shared pool until the next scan gives it its own).
         r = requests.put(d.url("/dev7/0/000/000/0000000001.fid"), data=b"new disk", timeout=10)
@@ -157,7 +160,8 @@ def test_device_added_at_run_time(tmp_path: Path) -> None:
         usage = d.docroot / "dev7" / "usage"
         wait_for(usage.exists, timeout=5)
         assert usage.read_text().splitlines()[2] == f"disk: {d.docroot / 'dev7'}"
-        wait_for(lambda: thread_count(d.pid) == before + POOL, timeout=5)
+        # Its own pool: its usage passes and sweep run there.
+        wait_for(lambda: named_threads(d.pid, "io:dev7") >= 1, timeout=5)
         assert requests.get(d.url("/dev7/0/000/000/0000000001.fid"), timeout=10).content == b"new disk"
     finally:
         d.kill()
@@ -263,3 +267,62 @@ def test_usage_over_http_is_complete(shared_daemon: Daemon, path: str) -> None:
     keys = [line.split(":")[0] for line in r.text.splitlines()]
     assert keys == ["available", "device", "disk", "time", "total", "use", "used"]
     assert _field(r.text, "used") > 0 and _field(r.text, "total") > 0  # the tracker rejects 0
+
+
+def test_frozen_filesystem_holds_only_its_own_device(tmp_path: Path) -> None:
+    """A real kernel-level hang: dev2 is a loop-mounted ext4 frozen with fsfreeze while
+    PUTs to it are in flight (blocked in the kernel, more of them than dev2 has
+    threads).  GET, PUT and sidechannel commands for dev1 go on as usual, a cached
+    dev2 file is still read; after the thaw every dev2 PUT completes."""
+    if shutil.which("fsfreeze") is None or not os.path.exists("/dev/loop-control"):
+        pytest.skip("needs fsfreeze and loop devices")
+    with mounted(tmp_path / "docroot" / "dev2", "ext4", tmp_path, 64) as dev2:
+        d = Daemon(tmp_path, devices=(1, 2))
+        frozen = False
+        puts: list[threading.Thread] = []
+        results: dict[str, int] = {}
+        try:
+            settle(d)
+            (d.docroot / "dev1" / "small").write_bytes(b"x" * 4096)
+            (dev2 / "old").write_bytes(b"o" * 4096)
+            assert requests.get(d.url("/dev2/old"), timeout=10).status_code == 200
+            subprocess.run(["fsfreeze", "-f", str(dev2)], check=True)
+            frozen = True
+            bodies = {f"/dev2/0/000/000/{i:010d}.fid": os.urandom(65536) for i in range(POOL + 2)}
+
+            def put(path: str) -> None:
+                results[path] = requests.put(d.url(path), data=bodies[path], timeout=120).status_code
+
+            puts = [threading.Thread(target=put, args=(p,)) for p in bodies]
+            for t in puts:
+                t.start()
+            wait_for(lambda: named_threads(d.pid, "io:dev2") == POOL, timeout=10, what="dev2's threads all blocked")
+            time.sleep(0.3)
+            assert not results, "PUTs to a frozen filesystem cannot have completed"
+
+            start = time.monotonic()
+            for i in range(20):
+                assert _timed_get(d, "/dev1/small") < 2.0
+                r = requests.put(d.url(f"/dev1/0/000/000/{i:010d}.fid"), data=b"p" * 65536, timeout=10)
+                assert r.status_code == 201
+                assert d.mgmt_cmd(b"size /dev1/small\r\n") == b"/dev1/small 4096\r\n"
+                assert d.mgmt_cmd(f"MD5 /dev1/0/000/000/{i:010d}.fid\r\n".encode()) == (
+                    f"/dev1/0/000/000/{i:010d}.fid MD5={hashlib.md5(b'p' * 65536).hexdigest()}\r\n".encode())
+            assert time.monotonic() - start < 20
+            r = requests.get(d.url("/dev2/old"), timeout=10)  # reads of a frozen filesystem do not block
+            assert (r.status_code, r.content) == (200, b"o" * 4096)
+            assert not results
+
+            subprocess.run(["fsfreeze", "-u", str(dev2)], check=True)
+            frozen = False
+            for t in puts:
+                t.join(60)
+            assert results == {p: 201 for p in bodies}
+            for p, body in bodies.items():
+                assert (d.docroot / p.lstrip("/")).read_bytes() == body
+        finally:
+            if frozen:
+                subprocess.run(["fsfreeze", "-u", str(dev2)], check=False)
+            for t in puts:
+                t.join(60)
+            d.kill()

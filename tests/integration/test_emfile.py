@@ -99,6 +99,10 @@ def test_file_open_expires_idle_clients_and_retries(tmp_path: Path) -> None:
             assert len(fresh) < 20
             c = HttpConn(socket.create_connection((HOST, http), timeout=10))
             fresh.append(c)
+            # A blocking accept4 reserves a descriptor while it waits: let the
+            # acceptor get back into it before the GET's open (on the event
+            # thread for a cached file) competes for the last one.
+            time.sleep(0.05)
             r = c.request(b"GET /dev1/f HTTP/1.1\r\n\r\n")
             assert (r.status, r.body) == (200, b"payload")
             time.sleep(0.05)  # the server closes the file just after the body is out

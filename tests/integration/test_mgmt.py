@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import Daemon, http_get, read_all, read_lines, read_until
+from conftest import BlockedOpens, Daemon, http_get, named_threads, read_all, read_lines, read_until
 
 ABC_MD5 = "900150983cd24fb0d6963f7d28e17f72"
 ABC_SHA1 = "a9993e364706816aba3e25717850c26c9cd0d89d"
@@ -325,41 +325,33 @@ def test_concurrent_digests(node: Daemon) -> None:
 
 # -- server aio_threads ---------------------------------------------------------
 
-def _threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
 def _wait_threads(pid: int, pred, timeout: float = 1.0) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        n = _threads(pid)
+        n = named_threads(pid, "io:dev1")
         if pred(n) or time.monotonic() > deadline:
             return n
         time.sleep(0.01)
 
 
-def _settled(pid: int) -> int:
-    """The thread count once it has stopped changing."""
-    last = _threads(pid)
-    while True:
-        time.sleep(0.2)
-        n = _threads(pid)
-        if n == last:
-            return n
-        last = n
-
-
 def test_aio_threads_changes_os_threads(daemon: Daemon) -> None:
-    """§4.7 Clone: the thread count must change within a second; out-of-range values do nothing."""
-    assert daemon.mgmt_cmd(b"\r\n") == b"\r\n"  # serving: every thread has started
-    before = _threads(daemon.pid)
+    """§4.7 Clone: the thread count must change within a second; out-of-range values do
+    nothing.  Pool threads start as work comes, so the limit shows under load: requests
+    blocked in the kernel hold exactly N threads of their device's pool."""
     assert daemon.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
-    assert _wait_threads(daemon.pid, lambda n: n < before) < before
-    fewer = _settled(daemon.pid)  # surplus threads leave one by one
-    assert daemon.mgmt_cmd(b"server aio_threads = 0\r\n") == b"\r\n"
-    assert daemon.mgmt_cmd(b"server aio_threads = 101\r\n") == b"\r\n"
-    time.sleep(0.3)
-    assert _threads(daemon.pid) == fewer
-    assert daemon.mgmt_cmd(b"server aio_threads=6\r\n") == b"\r\n"
-    assert _wait_threads(daemon.pid, lambda n: n > fewer) > fewer
+    time.sleep(0.2)  # the main thread applies it
+    blocked = BlockedOpens(daemon, 1, 4)
+    try:
+        assert _wait_threads(daemon.pid, lambda n: n == 1) == 1
+        assert daemon.mgmt_cmd(b"server aio_threads = 0\r\n") == b"\r\n"
+        assert daemon.mgmt_cmd(b"server aio_threads = 101\r\n") == b"\r\n"
+        time.sleep(0.3)
+        assert named_threads(daemon.pid, "io:dev1") == 1
+        assert daemon.mgmt_cmd(b"server aio_threads=6\r\n") == b"\r\n"
+        assert _wait_threads(daemon.pid, lambda n: n == 4) == 4  # each queued request gets one
+    finally:
+        blocked.release()
+    assert blocked.results == [201] * 4
+    assert daemon.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
+    assert _wait_threads(daemon.pid, lambda n: n == 1) == 1  # idle surplus leaves at once
     assert daemon.mgmt_cmd(b"size /dev1\r\n").startswith(b"/dev1 ")

@@ -11,10 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import mounted, remount_cold
+
 from mogstored import counters
 from mogstored.event.step import Next
 from mogstored.http import states
 from mogstored.http.connection import TRICKLE_PIECES, HttpConnection
+from mogstored.http.get import INLINE_MAX
 from mogstored.store.fs import Docroot
 
 POOL = SimpleNamespace(name="dev1", stats=counters.PoolStats("dev1"))  # stands in for a device I/O pool
@@ -59,23 +62,81 @@ def _recv_all(peer: socket.socket) -> bytes:
 
 def test_states_are_listed_once_and_say_where_they_run() -> None:
     names = [s.name for s in states.STATES]
-    assert len(set(names)) == len(names) == 7
+    assert len(set(names)) == len(names) == 8
     on_pool = {s.name for s in states.STATES if s.on_pool}
     assert on_pool == {"opening", "sending", "creating", "receiving", "deleting"}
 
 
-def test_get_hops_to_the_pool_then_answers_and_waits_for_the_next_request(pair) -> None:
-    conn, peer, _, _ = pair
-    peer.sendall(b"GET /dev1/f HTTP/1.1\r\n\r\n")
-    sent, ok = POOL.stats.sent, counters.requests[0][200]
-    assert conn.step(None) is Next.RUN
-    assert conn.state is states.OPENING and conn.pool is POOL
-    assert conn.step(POOL) is Next.READ
-    assert (POOL.stats.sent - sent, counters.requests[0][200] - ok) == (10, 1)  # metrics: body bytes, one 200
-    assert conn.state is states.READING and conn.transfer is states.NO_TRANSFER
+def test_cached_get_is_answered_on_the_event_thread(pair) -> None:
+    """A file just written is in the dentry and page caches: no hop to the pool."""
+    conn, peer, tmp_path, _ = pair
+    assert not (tmp_path / "dev1" / "nothing").exists()  # now a negative dentry
+    sent, counts = POOL.stats.sent, [counters.requests[0][s] for s in (200, 206, 404)]
+    for request in (b"GET /dev1/f HTTP/1.1\r\n\r\n", b"GET /dev1/f HTTP/1.1\r\nRange: bytes=2-4\r\n\r\n",
+                    b"HEAD /dev1/f HTTP/1.1\r\n\r\n", b"GET /dev1/nothing HTTP/1.1\r\n\r\n"):
+        peer.sendall(request)
+        assert conn.step(None) is Next.RUN
+        assert conn.state is states.LOOKING and not conn.state.on_pool and conn.pool is POOL
+        nxt = conn.step(None)
+        assert nxt is Next.READ, (request, conn.state)
+        assert conn.state is states.READING and conn.transfer is states.NO_TRANSFER
     reply = _recv_all(peer)
-    assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"\r\n\r\n0123456789")
+    heads = reply.split(b"HTTP/1.1 ")[1:]
+    assert heads[0].startswith(b"200 OK\r\n") and heads[0].endswith(b"\r\n\r\n0123456789")
+    assert heads[1].startswith(b"206 Partial Content\r\n") and heads[1].endswith(b"\r\n\r\n234")
+    assert heads[2].startswith(b"200 OK\r\n") and b"Content-Length: 10\r\n" in heads[2]
+    assert heads[2].endswith(b"\r\n\r\n")
+    assert heads[3].startswith(b"404 Not Found\r\n")  # a cached negative entry is an answer
     assert conn.idle()
+    # metrics: body bytes (10 + 3) and one GET each of 200, 206, 404
+    assert POOL.stats.sent - sent == 13
+    assert [counters.requests[0][s] for s in (200, 206, 404)] == [c + 1 for c in counts]
+
+
+def test_cached_large_file_is_opened_here_and_sent_from_the_pool(pair) -> None:
+    conn, peer, tmp_path, _ = pair
+    body = os.urandom(INLINE_MAX + 1)
+    (tmp_path / "dev1" / "big").write_bytes(body)
+    peer.sendall(b"GET /dev1/big HTTP/1.1\r\n\r\n")
+    assert conn.step(None) is Next.RUN
+    assert conn.step(None) is Next.RUN
+    assert conn.state is states.SENDING  # open and fstat done; sendfile only in the pool
+    assert conn.step(POOL) is Next.READ
+    assert _recv_all(peer).endswith(b"\r\n\r\n" + body)
+
+
+def _cold_step(conn: HttpConnection, peer: socket.socket, request: bytes, pool_state: states.State) -> bytes:
+    peer.sendall(request)
+    assert conn.step(None) is Next.RUN and conn.state is states.LOOKING
+    assert conn.step(None) is Next.RUN
+    assert conn.state is pool_state and conn.state.on_pool  # the core hops to the pool
+    assert conn.step(POOL) is Next.READ
+    return _recv_all(peer)
+
+
+def test_what_is_not_cached_goes_to_the_pool(tmp_path: Path) -> None:
+    """A path not in the dentry cache (RESOLVE_CACHED: EAGAIN) is opened in the pool;
+    a body not in the page cache (RWF_NOWAIT: EAGAIN) is sent from the pool."""
+    root = tmp_path / "root"
+    with mounted(root / "dev1", "ext4", tmp_path, 16) as dev1:
+        (dev1 / "f").write_bytes(b"0123456789")
+        (dev1 / "g").write_bytes(b"abc")
+        remount_cold(dev1, tmp_path)
+        svc = SimpleNamespace(docroot=Docroot(str(root)), usage_body=lambda path: None,
+                              process=SimpleNamespace(quitting=False, retry_open=lambda fn: fn()),
+                              ioq=SimpleNamespace(for_path=lambda docroot, path: POOL, shared=None))
+        ours, peer = _tcp_pair()
+        conn = HttpConnection(ours, svc, get_only=False)  # type: ignore[arg-type]
+        try:
+            reply = _cold_step(conn, peer, b"GET /dev1/f HTTP/1.1\r\n\r\n", states.OPENING)
+            assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"\r\n\r\n0123456789")
+            (dev1 / "g").stat()  # its dentry is cached now, its data still is not
+            reply = _cold_step(conn, peer, b"GET /dev1/g HTTP/1.1\r\n\r\n", states.SENDING)
+            assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"\r\n\r\nabc")
+        finally:
+            conn.close()
+            peer.close()
+            os.close(svc.docroot.fd)
 
 
 def test_refused_path_is_answered_without_the_pool(pair) -> None:
@@ -108,8 +169,8 @@ def test_a_head_in_many_small_pieces_is_read_later(pair) -> None:
     assert answers[TRICKLE_PIECES - 1 :] == [Next.LATER] * 3
     peer.sendall(head[TRICKLE_PIECES + 2 :])
     time.sleep(0.01)
-    assert conn.step(None) is Next.RUN  # the whole head is there: on to the pool
-    assert conn.state is states.OPENING
+    assert conn.step(None) is Next.RUN  # the whole head is there: on to the file
+    assert conn.state is states.LOOKING
 
 
 def test_pipelined_requests_go_behind_other_clients(pair) -> None:

@@ -5,6 +5,7 @@ import threading
 import time
 
 from mogstored.event.core import EventQueue
+from mogstored.store import iopool
 from mogstored.store.iopool import IoPool, IoQueues
 
 
@@ -45,15 +46,45 @@ def _pool_threads(name: str) -> int:
     return sum(1 for t in threading.enumerate() if t.name == f"io:{name}")
 
 
-def test_resize_starts_and_stops_real_threads() -> None:
-    queue, pool = _pool(10)
-    assert _pool_threads("test") == 10
-    pool.resize(2)
-    _wait(lambda: _pool_threads("test") == 2)
-    pool.resize(5)
-    _wait(lambda: _pool_threads("test") == 5)
+def test_threads_start_with_work_up_to_the_limit_and_idle_ones_leave(monkeypatch) -> None:
+    monkeypatch.setattr(iopool, "IDLE_EXIT", 0.2)
+    queue, pool = _pool(3)
+    assert _pool_threads("test") == 0  # nothing to do: no thread
+    gate = threading.Event()
+    done: list[int] = []
+
+    def blocked(i: int) -> None:
+        gate.wait(10)
+        done.append(i)
+
+    for i in range(5):
+        pool.call(lambda i=i: blocked(i))
+    _wait(lambda: _pool_threads("test") == 3)
+    time.sleep(0.1)
+    assert _pool_threads("test") == 3 and not done  # two tasks wait for a thread
+    pool.resize(4)
+    _wait(lambda: _pool_threads("test") == 4)  # a queued task gets a thread at once
+    gate.set()
+    _wait(lambda: len(done) == 5)
+    _wait(lambda: _pool_threads("test") == 0)  # idle for IDLE_EXIT: gone
+    pool.call(lambda: done.append(5))
+    _wait(lambda: len(done) == 6)
+    assert _pool_threads("test") == 1
+    pool.resize(0)
+    _wait(lambda: _pool_threads("test") == 0)  # an idle surplus thread leaves at once
     pool.stop()
-    _wait(lambda: _pool_threads("test") == 0)
+    queue.stop()
+
+
+def test_one_idle_thread_serves_tasks_one_at_a_time() -> None:
+    queue, pool = _pool(10)
+    for i in range(20):
+        done = threading.Event()
+        pool.call(done.set)
+        assert done.wait(5)
+        time.sleep(0.005)  # the thread is idle again before the next task
+    assert _pool_threads("test") == 1
+    pool.stop()
     queue.stop()
 
 

@@ -49,6 +49,8 @@ from mogstored.mgmt import connection as mgmt  # noqa: E402
 from mogstored.store.fs import Docroot  # noqa: E402
 from mogstored.store.fsck import FsckQueues  # noqa: E402
 
+from conftest import mounted, read_until, remount_cold  # noqa: E402
+
 
 class _Pool:
     def __init__(self) -> None:
@@ -88,14 +90,37 @@ def test_states_are_listed_once() -> None:
     assert {s.name for s in mgmt.STATES if s.on_pool} == {"sizing", "opening", "digesting", "fsck-waiting"}
 
 
-def test_size_runs_in_the_pool_and_answers(disk_pair) -> None:
+def test_cached_size_is_answered_on_the_event_thread(disk_pair) -> None:
     make, pool = disk_pair
     c, peer = make()
-    peer.sendall(b"size /dev1/f\r\n")
-    assert c.step(None) is Next.RUN and c.state is mgmt.SIZING and c.pool is pool
-    assert c.step(pool) is Next.ACTIVE and c.state is mgmt.READING
-    assert c.step(None) is Next.READ
-    assert peer.recv(100) == b"/dev1/f 5\r\n"
+    assert not os.path.exists(os.path.join(c.svc.docroot.path, "dev1", "nothing"))  # a negative dentry now
+    peer.sendall(b"size /dev1/f\r\nsize /dev1/nothing\r\nsize /dev1/f\r\n")
+    assert c.step(None) is Next.READ and c.state is mgmt.READING
+    assert pool.submitted == []
+    assert read_until(peer, b"/dev1/nothing -1\r\n/dev1/f 5\r\n") == b"/dev1/f 5\r\n/dev1/nothing -1\r\n/dev1/f 5\r\n"
+
+
+def test_size_not_in_the_dentry_cache_runs_in_the_pool(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with mounted(root / "dev1", "ext4", tmp_path, 16) as dev1:
+        (dev1 / "f").write_bytes(b"hello")
+        remount_cold(dev1, tmp_path)
+        pool = _Pool()
+        svc = SimpleNamespace(docroot=Docroot(str(root)), watchers=set(), process=SimpleNamespace(quitting=False),
+                              ioq=SimpleNamespace(for_path=lambda docroot, path: pool, shared=None))
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        c = MgmtConnection(ours, svc)  # type: ignore[arg-type]
+        try:
+            peer.sendall(b"size /dev1/f\r\n")
+            assert c.step(None) is Next.RUN and c.state is mgmt.SIZING and c.pool is pool
+            assert c.step(pool) is Next.ACTIVE and c.state is mgmt.READING
+            assert c.step(None) is Next.READ
+            assert peer.recv(100) == b"/dev1/f 5\r\n"
+        finally:
+            c.close()
+            peer.close()
+            os.close(svc.docroot.fd)
 
 
 def test_digest_opens_then_hashes(disk_pair) -> None:
