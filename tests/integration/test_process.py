@@ -19,10 +19,14 @@ def cmdline(pid: int) -> str:
 
 
 def refused(port: int) -> bool:
+    """True once nothing listens on ``port``. A reset means the probe raced the
+    listener's close (it was in the backlog when the socket went): not yet known."""
     try:
         socket.create_connection((HOST, port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False
     return False
 
 
