@@ -2,7 +2,8 @@
 
 First on the thread that parsed the request, as far as the kernel guarantees it
 cannot block: a lookup served from the dentry cache (RESOLVE_CACHED), fstat, and
-for a small body a page-cache read (RWF_NOWAIT) sent with the head in one send.
+for a small body a read that cannot wait for a disk (store/fs.py read_cached)
+sent with the head in one send.
 Whatever would wait for a disk goes to the device pool: open and stat there,
 the head, then the body by sendfile from the pool as the socket drains."""
 from __future__ import annotations
@@ -18,12 +19,12 @@ from mogstored.http.parser import Request, resolve_range
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head, file_head
 from mogstored.http.states import LOOKING, OPENING, SENDING, Connection, FileTransfer
+from mogstored.store.fs import read_cached
 
 SENDFILE_CHUNK = 1 << 22
 SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
 FADVISE_MIN = 256 << 10
 INLINE_MAX = 64 << 10  # a cached body this small goes out with its head, read on the event thread
-_NO_NOWAIT: set[int] = set()  # st_dev of filesystems without RWF_NOWAIT reads (tmpfs): never tried again
 # O_NONBLOCK: a FIFO below devN must not block an I/O thread in open() (it is then 403).
 _GET_FLAGS = os.O_RDONLY | os.O_NONBLOCK
 _noatime = os.O_NOATIME
@@ -93,8 +94,8 @@ class GetTransfer(FileTransfer):
         head = file_head(status, st.st_mtime, length, req.keepalive, first, last, size)
         if req.method == "HEAD" or length == 0:
             return conn.answer(head)
-        if cached and length <= INLINE_MAX and st.st_dev not in _NO_NOWAIT:
-            whole = self._with_cached_body(head, first, length)
+        if cached and length <= INLINE_MAX:
+            whole = self._with_cached_body(head, st.st_dev, first, length)
             if whole is not None:
                 self.release()  # all read: the descriptor is free before the client hears back
                 conn.pool.stats.sent += length  # metrics
@@ -108,20 +109,14 @@ class GetTransfer(FileTransfer):
         conn.state = SENDING
         return Next.RUN if cached else self._send()
 
-    def _with_cached_body(self, head: bytes, first: int, length: int) -> bytearray | None:
-        """head + body if the whole body is in the page cache (RWF_NOWAIT), else None."""
+    def _with_cached_body(self, head: bytes, st_dev: int, first: int, length: int) -> bytearray | None:
+        """head + body if reading the body cannot wait for a disk, else None."""
         whole = bytearray(len(head) + length)
         whole[: len(head)] = head
         with memoryview(whole) as view:
-            try:
-                n = os.preadv(self.file, [view[len(head) :]], first, os.RWF_NOWAIT)
-            except BlockingIOError:  # not (all) in the page cache
+            if not read_cached(self.file, st_dev, view[len(head) :], first):
                 return None
-            except OSError as e:  # EOPNOTSUPP: not on this filesystem
-                if e.errno == errno.EOPNOTSUPP:
-                    _NO_NOWAIT.add(os.fstat(self.file).st_dev)
-                return None
-        return whole if n == length else None  # short: partly cached, or the file shrank
+        return whole
 
     def _open_file(self) -> int:
         global _noatime

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import platform
+import time
 
 from mogstored.libc import libc
 from mogstored.store.devices import devid_of
@@ -167,3 +168,61 @@ def sync_dir(dirfd: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- reads that cannot wait for a disk -------------------------------------
+_TMPFS_MAGIC = 0x01021994
+_RAMFS_MAGIC = 0x858458F6
+_SWAP_RECHECK = 10.0  # seconds: swapon after start-up is seen this late at most
+_fstatfs = libc["fstatfs"]
+_fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+# st_dev of filesystems that refuse RWF_NOWAIT -> they keep every page in memory (tmpfs, ramfs)
+_no_nowait: dict[int, bool] = {}
+_swap = (True, -_SWAP_RECHECK)  # (swap may be on, when /proc/swaps was read)
+
+
+def _memory_fs(fd: int) -> bool:
+    buf = ctypes.create_string_buffer(128)  # struct statfs; f_type (a long) comes first
+    if _fstatfs(fd, buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value in (_TMPFS_MAGIC, _RAMFS_MAGIC)
+
+
+def _swap_on() -> bool:
+    global _swap
+    on, at = _swap
+    now = time.monotonic()
+    if now - at >= _SWAP_RECHECK:
+        try:
+            with open("/proc/swaps", "rb") as f:
+                on = len(f.read().splitlines()) > 1  # a header line, then one per swap area
+        except OSError:
+            on = True
+        _swap = (on, now)
+    return on
+
+
+def read_cached(fd: int, st_dev: int, view: memoryview, offset: int) -> bool:
+    """Fill ``view`` from ``fd`` at ``offset`` only if that cannot wait for a disk,
+    so an event thread may call it: True when all of it was read.
+
+    Page-cache reads use ``RWF_NOWAIT`` (EAGAIN: not all cached).  tmpfs and
+    ramfs refuse that flag (EOPNOTSUPP), but with no swap area their pages are
+    memory and nothing else, so a plain read of them never touches a disk;
+    with swap on, they go to the pool like any uncached read."""
+    in_memory = _no_nowait.get(st_dev)
+    try:
+        if in_memory is None:
+            n = os.preadv(fd, [view], offset, os.RWF_NOWAIT)
+        elif in_memory and not _swap_on():
+            n = os.preadv(fd, [view], offset)
+        else:
+            return False
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP and in_memory is None:
+            _no_nowait[st_dev] = _memory_fs(fd)
+            return read_cached(fd, st_dev, view, offset)
+        return False
+    return n == len(view)  # short: partly cached, or the file shrank
