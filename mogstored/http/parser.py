@@ -165,11 +165,17 @@ _PATH_RUN = re.compile(rb"[A-Za-z0-9/.-]*+")
 _SP, _HT, _CR, _LF, _COLON, _SLASH = 0x20, 0x09, 0x0D, 0x0A, 0x3A, 0x2F
 # Shortcuts for complete lines without folds or empty values, accepting exactly what the
 # states below accept for them (so they change speed, not the grammar).
-_WHOLE_LINE = re.compile(
-    rb"([A-Za-z0-9-]++):[ \t]*+([^\x00-\x20\x7f]++(?: ++[^\x00-\x20\x7f]++)*+)[ \t]*+\r\n"
-)
+_FIELD_NAME = rb"[A-Za-z0-9-]++"
+_FIELD_VALUE = rb"[^\x00-\x20\x7f]++(?: ++[^\x00-\x20\x7f]++)*+"
+_WHOLE_LINE = re.compile(rb"(" + _FIELD_NAME + rb"):[ \t]*+(" + _FIELD_VALUE + rb")[ \t]*+\r\n")
 _WHOLE_REQUEST_LINE = re.compile(
     rb"(GET|HEAD|PUT|DELETE|MKCOL) (?:http://[^/ \r\n]++)?/++([A-Za-z0-9/.-]*+) HTTP/1\.([01])\r\n"
+)
+# A whole head of such lines, the usual case, in one match; its field lines are then
+# split by one findall (a head within MAX_HEAD cannot hold a value over MAX_HEAD).
+_WHOLE_HEAD = re.compile(
+    _WHOLE_REQUEST_LINE.pattern
+    + rb"((?:" + _FIELD_NAME + rb":[ \t]*+" + _FIELD_VALUE + rb"[ \t]*+\r\n)*+)\r\n"
 )
 
 # Header-line states
@@ -391,6 +397,9 @@ class HeadParser:
         end = min(len(buf), start + MAX_HEAD)
         pos = start + self._off
         if self._off == 0:
+            whole = _WHOLE_HEAD.match(buf, start, end)
+            if whole is not None and len(whole.group(2)) < _PATH_MAX and whole.end(2) - start <= _PATH_END_MAX:
+                return _whole_head(whole), whole.end()
             pos = self._whole_request_line(buf, start, end)
         if self._state != _R_FIELDS:
             pos = self._request_line(buf, start, pos, end)
@@ -509,6 +518,17 @@ class HeadParser:
                     st = _R_FIELDS
         self._state = st
         return pos
+
+
+def _whole_head(m: re.Match[bytes]) -> Request:
+    req = Request(m.group(1).decode(), "/" + m.group(2).decode(), m.group(3) == b"1")
+    if m.start(4) != m.end(4):
+        for name, value in _WHOLE_LINE.findall(m.group(4)):
+            if len(name) < _NAME_KEEP:
+                name = name.lower()
+                if name in _HEAD_FIELDS:
+                    _apply_header(req, name, value)
+    return req
 
 
 def _check_path_end(offset: int) -> None:

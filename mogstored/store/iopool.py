@@ -170,14 +170,20 @@ class IoQueues:
         self.per_device = per_device
         self.shared = IoPool("shared", run, SHARED_THREADS)
         self._pools: dict[tuple[str, int], IoPool] = {}
+        self._by_name: dict[tuple[str, str], IoPool] = {}  # (docroot, "dev3") -> its pool, as found
         self._lock = threading.Lock()
 
     def for_path(self, docroot: str, path: str) -> IoPool:
         """The pool for a request path like ``/dev3/0/000/000/0000000001.fid``."""
+        name = path.lstrip("/").partition("/")[0]
+        pool = self._by_name.get((docroot, name))  # a per-request call: no regex on a hit
+        if pool is not None:
+            return pool
         devid = device_of_path(path)
         if devid is not None:
             pool = self._pools.get((docroot, devid))
             if pool is not None:
+                self._by_name[docroot, name] = pool  # pools are never removed
                 return pool
         return self.shared
 
