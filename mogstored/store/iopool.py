@@ -9,7 +9,10 @@ devices keep their threads, and no epoll worker ever waits for a disk.
 from __future__ import annotations
 
 import collections
+import os
 import threading
+import time
+import weakref
 from collections.abc import Callable
 
 from mogstored import counters, log
@@ -22,6 +25,9 @@ DEFAULT_THREADS = 10  # per device, like Perlbal's per-device AIO channels
 SHARED_THREADS = 4  # paths outside any device (/, /foo, sidechannel misc)
 MAX_THREADS = 100
 IDLE_EXIT = 10.0  # seconds a pool thread waits for work before it exits
+# A step running this long is taken to wait for the disk (a page-cache step takes
+# microseconds; one waiting for the interpreter lock, at most its 5 ms switch interval).
+STUCK_AFTER = 0.005
 
 Run = Callable[[Client, "IoPool"], None]  # the event core's EventQueue.run
 
@@ -55,12 +61,15 @@ class Task:
 class IoPool:
     """A FIFO of parked clients and the threads that run their steps.
 
-    Threads start lazily: a submit wakes an idle thread if there is one, else
-    starts a new one while fewer than ``limit`` run.  A thread idle for
-    IDLE_EXIT seconds exits.  So a pool serving page-cache hits one at a time
-    keeps one thread, and threads with nothing to do do not wait in line for
-    the interpreter lock; a slow disk still gets up to ``limit`` requests in
-    flight.  The most recently idle thread is woken first (its stack is warm).
+    Threads start lazily: a submit wakes an idle thread if there is one; else
+    it starts a new one, while fewer than ``limit`` run, only if every thread
+    has been inside its step for STUCK_AFTER (waiting for the disk); else the
+    job waits its turn and the grower (:class:`_Grower`) checks back after
+    STUCK_AFTER.  A thread idle for IDLE_EXIT seconds exits.  So a pool whose
+    steps are page-cache work keeps one or two threads, which do not queue for
+    the interpreter lock behind each other, while a slow or hung disk still
+    gets up to ``limit`` requests in flight.  The most recently idle thread is
+    woken first (its stack is warm).
     """
 
     def __init__(self, name: str, run: Run, nthreads: int) -> None:
@@ -79,7 +88,31 @@ class IoPool:
             if self._idle:
                 self._idle.pop().release()
             elif len(self._threads) < self.limit:
-                self._start_thread()
+                if self._stuck(counters.now()):
+                    self._start_thread()
+                else:
+                    _grower.watch(self)  # it checks back after STUCK_AFTER
+
+    def _stuck(self, now: float) -> bool:
+        """Every thread is inside a step begun STUCK_AFTER ago or earlier (holding ``_lock``).
+
+        Only then does another thread help: under the interpreter lock, threads
+        that merely compute take turns, and each extra one costs lock hand-offs."""
+        clocks = self.stats.clocks
+        if len(clocks) < len(self._threads):
+            return False  # one is starting: it takes the job
+        return all(c.since and now - c.since >= STUCK_AFTER for c in clocks)
+
+    def grow(self) -> bool:
+        """A thread per queued job (up to ``limit``) if every thread is stuck in a
+        step; True while jobs still wait behind busy threads (check again)."""
+        with self._lock:
+            if not self._jobs or len(self._threads) >= self.limit:
+                return False
+            if self._stuck(counters.now()):
+                for _ in range(min(len(self._jobs), self.limit - len(self._threads))):
+                    self._start_thread()
+            return len(self._threads) < self.limit
 
     def call(self, fn: Callable[[], None]) -> None:
         self.submit(Task(fn))
@@ -160,6 +193,42 @@ class IoPool:
             else:
                 run(job, self)  # type: ignore[arg-type]
             clock.since = 0.0
+
+
+class _Grower:
+    """One thread per process that starts pool threads where every thread of a
+    pool has been stuck in a step for STUCK_AFTER (a slow or hung disk), as
+    long as jobs wait behind them; asleep otherwise."""
+
+    def __init__(self) -> None:
+        self._pools: weakref.WeakSet[IoPool] = weakref.WeakSet()  # pools that queued behind busy threads
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0  # the process its thread runs in (a fork has none)
+
+    def watch(self, pool: IoPool) -> None:
+        """``pool`` queued a job behind busy threads (it holds its own lock)."""
+        with self._lock:
+            self._pools.add(pool)
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, name="io:grow", daemon=True).start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        set_thread_name("io:grow")
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                time.sleep(STUCK_AFTER)
+                with self._lock:
+                    pools = list(self._pools)
+                if not any([pool.grow() for pool in pools]):
+                    break
+
+
+_grower = _Grower()
 
 
 class IoQueues:

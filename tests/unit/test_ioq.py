@@ -100,3 +100,38 @@ def test_paths_find_their_device_pool() -> None:
     assert ioq.for_path("/elsewhere", "/dev1/x") is ioq.shared  # pools belong to one docroot
     ioq.stop()
     queue.stop()
+
+
+def test_steps_that_only_compute_share_one_thread(monkeypatch) -> None:
+    """More threads only help while the ones there wait for a disk: a burst of quick
+    steps queues behind the one thread instead of starting more (interpreter lock)."""
+    monkeypatch.setattr(iopool, "STUCK_AFTER", 0.2)
+    queue, pool = _pool(10)
+    done: list[int] = []
+
+    def quick(i: int) -> None:
+        sum(range(500))
+        done.append(i)
+
+    for i in range(300):
+        pool.call(lambda i=i: quick(i))
+    _wait(lambda: len(done) == 300)
+    assert done == list(range(300)) and _pool_threads("test") == 1
+    pool.stop()
+    queue.stop()
+
+
+def test_a_stuck_thread_gets_company_for_the_jobs_behind_it(monkeypatch) -> None:
+    monkeypatch.setattr(iopool, "STUCK_AFTER", 0.05)
+    queue, pool = _pool(10)
+    gate = threading.Event()
+    done: list[int] = []
+    pool.call(lambda: gate.wait(10))  # a disk call that hangs
+    _wait(lambda: _pool_threads("test") == 1)
+    for i in range(3):
+        pool.call(lambda i=i: done.append(i))
+    _wait(lambda: len(done) == 3)  # the grower started a thread for them
+    assert not gate.is_set() and _pool_threads("test") >= 2
+    gate.set()
+    pool.stop()
+    queue.stop()
