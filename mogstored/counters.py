@@ -44,12 +44,14 @@ def mgmt_command(name: str) -> None:
 
 
 class CallClock:
-    """When the step a pool thread is running began (0.0: idle)."""
+    """When the step a pool thread is running began (0.0: idle), and the thread's
+    kernel id (its /proc/self/task entry)."""
 
-    __slots__ = ("since",)
+    __slots__ = ("since", "tid")
 
     def __init__(self) -> None:
         self.since = 0.0
+        self.tid = threading.get_native_id()
 
 
 # Errors a request causes itself (missing file, symlink, no permission) or

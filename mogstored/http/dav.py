@@ -13,15 +13,17 @@ from mogstored.http.states import Connection
 from mogstored.store.fs import sync_dir
 
 
-def refuse_symlink(dirfd: int, name: str) -> None:
+def refuse_symlink(dirfd: int, name: str) -> bool:
     """§3.4 item 4: a symlink below devN is never replaced, written through or
-    unlinked, even where rename/unlink would only touch the link (ELOOP -> 403)."""
+    unlinked, even where rename/unlink would only touch the link (ELOOP -> 403).
+    True if ``name`` exists."""
     try:
         st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
-        return
+        return False
     if stat.S_ISLNK(st.st_mode):
         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)
+    return True
 
 
 class DeleteTransfer:

@@ -27,12 +27,13 @@ _PUT_MODE = 0o666 & ~umask()
 class PutTransfer(FileTransfer):
     """One PUT: CREATING, then RECEIVING until the body is complete."""
 
-    __slots__ = ("chunks", "dirfd", "md5", "offset", "remaining", "tmpname", "written")
+    __slots__ = ("chunks", "dirfd", "md5", "offset", "remaining", "replacing", "tmpname", "written")
 
     def __init__(self, conn: Connection, req: Request, rel: str) -> None:
         super().__init__(conn, req, rel)
         self.dirfd = -1
         self.tmpname: str | None = None  # a named temp file (no O_TMPFILE here)
+        self.replacing = False  # the target existed when the file was created
         self.offset = req.content_range[0] if req.content_range else 0
         self.written = 0
         self.md5 = hashlib.md5() if (req.content_md5 is not None or req.trailer_md5) else None
@@ -72,7 +73,7 @@ class PutTransfer(FileTransfer):
 
     def _create(self, docroot: Docroot) -> None:
         self.dirfd, name = docroot.open_parent(self.rel)
-        refuse_symlink(self.dirfd, name)
+        self.replacing = refuse_symlink(self.dirfd, name)
         if self.req.content_range is not None:
             self.tmpname = None
             self.file = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dirfd)
@@ -185,7 +186,7 @@ class PutTransfer(FileTransfer):
         name = self.rel.rpartition("/")[2]
         try:
             atomic.commit(self.file, self.tmpname, self.dirfd, name, conn.svc.durable,
-                          in_place=req.content_range is not None)
+                          in_place=req.content_range is not None, replacing=self.replacing)
         except OSError as e:
             conn.pool.stats.io_error(e.errno)
             log.error(f"committing {req.path} failed: {e.strerror}")

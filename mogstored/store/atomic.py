@@ -17,6 +17,7 @@ path confinement below ``devN`` holds here too.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import re
 import stat
@@ -30,19 +31,24 @@ _TMP_NAME = re.compile(r".+\.[0-9a-f]{8}\.([0-9]+)\.tmp\Z", re.ASCII)
 _started = time.time()  # sweeps spare temp files younger than this process
 
 
-def _restart_clock() -> None:
-    global _started
+_pid = os.getpid()  # in temp names
+_serial = itertools.count(int.from_bytes(os.urandom(4), "big"))  # temp names differ without a syscall each
+
+
+def _after_fork() -> None:
+    global _started, _pid
     _started = time.time()
+    _pid = os.getpid()
 
 
-os.register_at_fork(after_in_child=_restart_clock)  # a respawned worker sweeps its predecessor's
+os.register_at_fork(after_in_child=_after_fork)  # a respawned worker sweeps its predecessor's
 # Test seam: no filesystem the CI kernel offers refuses O_TMPFILE.
 _use_tmpfile = os.environ.get("MOG_NO_TMPFILE", "") in ("", "0")
 _TMPFILE_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR)  # the filesystem, the kernel
 
 
 def _tmp_name(name: str) -> str:
-    return f"{name}.{os.urandom(4).hex()}.{os.getpid()}.tmp"
+    return f"{name}.{next(_serial) & 0xFFFFFFFF:08x}.{_pid}.tmp"  # a clash (O_EXCL, EEXIST) takes the next
 
 
 def create(dirfd: int, name: str) -> tuple[int, str | None]:
@@ -65,33 +71,35 @@ def create(dirfd: int, name: str) -> tuple[int, str | None]:
 
 
 def commit(fd: int, tmpname: str | None, dirfd: int, name: str, durable: bool,
-           in_place: bool = False) -> None:
+           in_place: bool = False, replacing: bool = False) -> None:
     """Give the complete file ``fd`` the name ``name`` in ``dirfd``, replacing
     any old file atomically.  On failure the old file is untouched and no new
     name remains (the caller still discards a named ``tmpname``).  ``in_place``
-    (a Content-Range PUT, written into ``name`` itself) only syncs."""
+    (a Content-Range PUT, written into ``name`` itself) only syncs; ``replacing``:
+    ``name`` existed when the PUT began (a hint, saves a failing link)."""
     if durable:
         os.fdatasync(fd)
     if in_place:
         pass  # the name exists already
     elif tmpname is None:
-        _link_unnamed(fd, dirfd, name)
+        _link_unnamed(fd, dirfd, name, replacing)
     else:
         os.rename(tmpname, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
     if durable:
         sync_dir(dirfd)
 
 
-def _link_unnamed(fd: int, dirfd: int, name: str) -> None:
+def _link_unnamed(fd: int, dirfd: int, name: str, replacing: bool) -> None:
     """linkat(AT_FDCWD, "/proc/self/fd/N", dirfd, name, AT_SYMLINK_FOLLOW):
     needs no CAP_DAC_READ_SEARCH, unlike AT_EMPTY_PATH.  An existing target
-    makes it EEXIST; then link under a temp name and rename that over it."""
+    (``replacing``, or EEXIST) is replaced: link under a temp name, rename that over it."""
     proc = f"/proc/self/fd/{fd}"
-    try:
-        os.link(proc, name, dst_dir_fd=dirfd, follow_symlinks=True)
-        return
-    except FileExistsError:
-        pass
+    if not replacing:
+        try:
+            os.link(proc, name, dst_dir_fd=dirfd, follow_symlinks=True)
+            return
+        except FileExistsError:
+            pass
     for _ in range(2):
         tmp = _tmp_name(name)
         try:

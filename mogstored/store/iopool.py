@@ -25,9 +25,11 @@ DEFAULT_THREADS = 10  # per device, like Perlbal's per-device AIO channels
 SHARED_THREADS = 4  # paths outside any device (/, /foo, sidechannel misc)
 MAX_THREADS = 100
 IDLE_EXIT = 10.0  # seconds a pool thread waits for work before it exits
-# A step running this long is taken to wait for the disk (a page-cache step takes
-# microseconds; one waiting for the interpreter lock, at most its 5 ms switch interval).
-STUCK_AFTER = 0.005
+GROW_CHECK = 0.005  # seconds between the grower's looks while jobs wait behind busy threads
+# A busy thread counts as waiting for the disk while the kernel has it in
+# uninterruptible sleep (state D: disk I/O, a frozen filesystem, writeback
+# throttling), or once its step has run this long whatever the state says.
+STUCK_AFTER = 0.5
 
 Run = Callable[[Client, "IoPool"], None]  # the event core's EventQueue.run
 
@@ -61,15 +63,14 @@ class Task:
 class IoPool:
     """A FIFO of parked clients and the threads that run their steps.
 
-    Threads start lazily: a submit wakes an idle thread if there is one; else
-    it starts a new one, while fewer than ``limit`` run, only if every thread
-    has been inside its step for STUCK_AFTER (waiting for the disk); else the
-    job waits its turn and the grower (:class:`_Grower`) checks back after
-    STUCK_AFTER.  A thread idle for IDLE_EXIT seconds exits.  So a pool whose
-    steps are page-cache work keeps one or two threads, which do not queue for
-    the interpreter lock behind each other, while a slow or hung disk still
-    gets up to ``limit`` requests in flight.  The most recently idle thread is
-    woken first (its stack is warm).
+    Threads start lazily: a submit wakes an idle thread if there is one, or
+    starts the first.  Beyond that a job waits its turn, and the grower
+    (:class:`_Grower`) starts more threads, up to ``limit``, only while every
+    thread of the pool waits for the disk.  A thread idle for IDLE_EXIT seconds
+    exits.  So page-cache work keeps one thread, which does not queue for the
+    interpreter lock behind others, while a slow or hung disk still gets up to
+    ``limit`` requests in flight.  The most recently idle thread is woken first
+    (its stack is warm).
     """
 
     def __init__(self, name: str, run: Run, nthreads: int) -> None:
@@ -87,32 +88,29 @@ class IoPool:
             self._jobs.append(client)
             if self._idle:
                 self._idle.pop().release()
+            elif not self._threads:
+                self._start_thread()
             elif len(self._threads) < self.limit:
-                if self._stuck(counters.now()):
-                    self._start_thread()
-                else:
-                    _grower.watch(self)  # it checks back after STUCK_AFTER
-
-    def _stuck(self, now: float) -> bool:
-        """Every thread is inside a step begun STUCK_AFTER ago or earlier (holding ``_lock``).
-
-        Only then does another thread help: under the interpreter lock, threads
-        that merely compute take turns, and each extra one costs lock hand-offs."""
-        clocks = self.stats.clocks
-        if len(clocks) < len(self._threads):
-            return False  # one is starting: it takes the job
-        return all(c.since and now - c.since >= STUCK_AFTER for c in clocks)
+                _grower.watch(self)  # more threads only if these wait for the disk
 
     def grow(self) -> bool:
-        """A thread per queued job (up to ``limit``) if every thread is stuck in a
-        step; True while jobs still wait behind busy threads (check again)."""
+        """A thread per queued job (up to ``limit``) if every thread waits for the
+        disk; True while jobs still wait behind busy threads (look again).
+
+        Under the interpreter lock, threads that compute only take turns, and each
+        extra one costs lock hand-offs; threads help while others sleep in the kernel."""
         with self._lock:
             if not self._jobs or len(self._threads) >= self.limit:
                 return False
-            if self._stuck(counters.now()):
+            clocks = list(self.stats.clocks)
+            if len(clocks) < len(self._threads):
+                return True  # one is starting: it takes a job
+        now = counters.now()
+        if all(c.since and (now - c.since >= STUCK_AFTER or _in_disk_wait(c.tid)) for c in clocks):
+            with self._lock:
                 for _ in range(min(len(self._jobs), self.limit - len(self._threads))):
                     self._start_thread()
-            return len(self._threads) < self.limit
+        return True
 
     def call(self, fn: Callable[[], None]) -> None:
         self.submit(Task(fn))
@@ -195,10 +193,20 @@ class IoPool:
             clock.since = 0.0
 
 
+def _in_disk_wait(tid: int) -> bool:
+    """The thread sleeps uninterruptibly in the kernel (``D`` in /proc)."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"D"
+
+
 class _Grower:
-    """One thread per process that starts pool threads where every thread of a
-    pool has been stuck in a step for STUCK_AFTER (a slow or hung disk), as
-    long as jobs wait behind them; asleep otherwise."""
+    """One thread per process that gives pools more threads while every thread of
+    theirs waits for the disk (IoPool.grow) and jobs wait behind them; asleep
+    when no job waits."""
 
     def __init__(self) -> None:
         self._pools: weakref.WeakSet[IoPool] = weakref.WeakSet()  # pools that queued behind busy threads
@@ -221,7 +229,7 @@ class _Grower:
             self._wake.wait()
             self._wake.clear()
             while True:
-                time.sleep(STUCK_AFTER)
+                time.sleep(GROW_CHECK)
                 with self._lock:
                     pools = list(self._pools)
                 if not any([pool.grow() for pool in pools]):
