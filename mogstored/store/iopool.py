@@ -26,9 +26,12 @@ SHARED_THREADS = 4  # paths outside any device (/, /foo, sidechannel misc)
 MAX_THREADS = 100
 IDLE_EXIT = 10.0  # seconds a pool thread waits for work before it exits
 GROW_CHECK = 0.005  # seconds between the grower's looks while jobs wait behind busy threads
-# A busy thread counts as waiting for the disk while the kernel has it in
-# uninterruptible sleep (state D: disk I/O, a frozen filesystem, writeback
-# throttling), or once its step has run this long whatever the state says.
+# A busy thread is worth company once its step has run LONG_STEP and, looked at
+# by the grower (which holds the interpreter lock), it is not waiting for that
+# lock: it sleeps in the kernel for the disk (state D) or runs outside the lock
+# (R: hashing, copying), so another thread would run alongside it.  Any step
+# running STUCK_AFTER counts, whatever its state.
+LONG_STEP = 0.001
 STUCK_AFTER = 0.5
 
 Run = Callable[[Client, "IoPool"], None]  # the event core's EventQueue.run
@@ -66,7 +69,8 @@ class IoPool:
     Threads start lazily: a submit wakes an idle thread if there is one, or
     starts the first.  Beyond that a job waits its turn, and the grower
     (:class:`_Grower`) starts more threads, up to ``limit``, only while every
-    thread of the pool waits for the disk.  A thread idle for IDLE_EXIT seconds
+    thread of the pool is in a long step that waits for the disk or computes
+    outside the interpreter lock.  A thread idle for IDLE_EXIT seconds
     exits.  So page-cache work keeps one thread, which does not queue for the
     interpreter lock behind others, while a slow or hung disk still gets up to
     ``limit`` requests in flight.  The most recently idle thread is woken first
@@ -94,11 +98,13 @@ class IoPool:
                 _grower.watch(self)  # more threads only if these wait for the disk
 
     def grow(self) -> bool:
-        """A thread per queued job (up to ``limit``) if every thread waits for the
-        disk; True while jobs still wait behind busy threads (look again).
+        """A thread per queued job (up to ``limit``) if every thread is in a long
+        step outside the interpreter lock (:data:`LONG_STEP`); True while jobs still
+        wait behind busy threads (look again).
 
-        Under the interpreter lock, threads that compute only take turns, and each
-        extra one costs lock hand-offs; threads help while others sleep in the kernel."""
+        Under the interpreter lock, threads that run Python only take turns, and each
+        extra one costs lock hand-offs; threads help while others wait for a disk
+        or compute without the lock."""
         with self._lock:
             if not self._jobs or len(self._threads) >= self.limit:
                 return False
@@ -106,7 +112,7 @@ class IoPool:
             if len(clocks) < len(self._threads):
                 return True  # one is starting: it takes a job
         now = counters.now()
-        if all(c.since and (now - c.since >= STUCK_AFTER or _in_disk_wait(c.tid)) for c in clocks):
+        if all(c.since and _needs_company(c, now) for c in clocks):
             with self._lock:
                 for _ in range(min(len(self._jobs), self.limit - len(self._threads))):
                     self._start_thread()
@@ -193,19 +199,25 @@ class IoPool:
             clock.since = 0.0
 
 
-def _in_disk_wait(tid: int) -> bool:
-    """The thread sleeps uninterruptibly in the kernel (``D`` in /proc)."""
+def _needs_company(clock: counters.CallClock, now: float) -> bool:
+    took = now - clock.since
+    return took >= STUCK_AFTER or (took >= LONG_STEP and _thread_state(clock.tid) in b"RD")
+
+
+def _thread_state(tid: int) -> bytes:
+    """The kernel's state letter of a thread of this process (b"S" if unknown)."""
     try:
         with open(f"/proc/self/task/{tid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"D"
+        return b"S"
+    at = stat.rindex(b")") + 2
+    return stat[at : at + 1]
 
 
 class _Grower:
     """One thread per process that gives pools more threads while every thread of
-    theirs waits for the disk (IoPool.grow) and jobs wait behind them; asleep
+    theirs is in a long step outside the interpreter lock (IoPool.grow) and jobs wait behind them; asleep
     when no job waits."""
 
     def __init__(self) -> None:
