@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from setproctitle import setproctitle
-
 from mogstored import log
 from mogstored.config.options import DEFAULT_STALL_SECONDS, Service
 from mogstored.event.acceptor import Acceptor, Board
@@ -218,6 +216,9 @@ class Server:
 
     def shutdown(self) -> None:
         """Graceful: stop accepting, close idle clients, finish everything else."""
+        # Imported here, once: setproctitle imports logging (~0.3 MiB resident) for nothing else.
+        from setproctitle import setproctitle
+
         setproctitle(SHUTDOWN_TITLE)
         for acc in self.acceptors:
             acc.running = False
