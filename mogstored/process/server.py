@@ -19,6 +19,7 @@ from mogstored.event.core import EventQueue
 from mogstored.event.expiry import Expiry, heard_within
 from mogstored.event.step import Client
 from mogstored.http.connection import HttpConnection
+from mogstored.libc import trim_heap
 from mogstored.metrics.board import MetricsBoard
 from mogstored.metrics.totals import NodeMetrics
 from mogstored.mgmt.connection import MgmtConnection
@@ -255,6 +256,7 @@ def serve(listeners: list[Listener], worker_processes: int, iostat: bool, *,
     server.install_signals()
     server.usage_pass(now=True)
     server.start()
+    trim_heap()
     if ready is not None:
         ready()
     return server.run()
