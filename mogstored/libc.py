@@ -7,3 +7,12 @@ change the ioprio ``syscall`` of fsck.py)."""
 import ctypes
 
 libc = ctypes.CDLL(None, use_errno=True)
+
+
+def trim_heap() -> None:
+    """Give back to the kernel the malloc heap that start-up freed (compiled
+    and generated code, .pyc reads): about 1 MiB resident otherwise.  glibc
+    only; elsewhere the heap stays as it is."""
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

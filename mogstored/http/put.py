@@ -5,10 +5,9 @@ socket is empty the client waits in epoll holding no thread."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 
-from mogstored import log
+from mogstored import digests, log
 from mogstored.event.expiry import tcp_info
 from mogstored.event.step import Next, Pool
 from mogstored.http.dav import refuse_symlink
@@ -36,7 +35,7 @@ class PutTransfer(FileTransfer):
         self.replacing = False  # the target existed when the file was created
         self.offset = req.content_range[0] if req.content_range else 0
         self.written = 0
-        self.md5 = hashlib.md5() if (req.content_md5 is not None or req.trailer_md5) else None
+        self.md5 = digests.md5() if (req.content_md5 is not None or req.trailer_md5) else None
         # A chunked body ends when its decoder says so; any other after ``remaining`` bytes.
         self.chunks = ChunkedDecoder() if req.chunked else None
         self.remaining = 0 if req.chunked else req.content_length or 0

@@ -11,13 +11,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import time
 
 from mogstored.libc import libc
 from mogstored.store.devices import devid_of
 
-_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine)
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
@@ -63,7 +62,7 @@ def _require_openat2() -> None:
     out whether RESOLVE_CACHED is known (EINVAL before 5.12: never serve cached)."""
     global _cached_ok
     if _SYS_OPENAT2 is None:
-        raise OSError(errno.ENOSYS, f"openat2 syscall number unknown on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"openat2 syscall number unknown on {os.uname().machine}")
     root = os.open("/", os.O_PATH | os.O_CLOEXEC)
     try:
         os.close(_openat2(root, ".", os.O_PATH, 0))

@@ -4,7 +4,7 @@ crowds out ordinary reads on the same disks."""
 from __future__ import annotations
 
 import collections
-import platform
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from mogstored.event.step import Parked
 from mogstored.libc import libc
 
-_IOPRIO_SYSCALLS = {"x86_64": (251, 252), "aarch64": (30, 31)}.get(platform.machine())
+_IOPRIO_SYSCALLS = {"x86_64": (251, 252), "aarch64": (30, 31)}.get(os.uname().machine)
 _IOPRIO_WHO_PROCESS = 1  # with a thread id: just that thread
 _IOPRIO_CLASS_NONE = 0
 _IOPRIO_CLASS_BE = 2
