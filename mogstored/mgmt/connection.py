@@ -16,13 +16,12 @@ caches without blocking (store.fs.Docroot.stat, cached).  The states, listed in
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import struct
 from collections.abc import Callable
 
-from mogstored import counters, log
+from mogstored import counters, digests, log
 from mogstored.event.step import Next, Pool, State, send_buffered, states
 from mogstored.mgmt.parser import (
     BAD_PATH_REPLY,
@@ -54,7 +53,7 @@ SIZING, OPENING, DIGESTING, FSCK_WAITING = states("sizing", "opening", "digestin
 STATES = (READING, SIZING, OPENING, DIGESTING, FSCK_WAITING, WATCHING)
 
 DIGEST_SLICE = 8 << 20  # bytes hashed per scheduling step before yielding
-_ALGS = {"MD5": hashlib.md5, "SHA-1": hashlib.sha1}
+_ALGS = {"MD5": digests.md5, "SHA-1": digests.sha1}
 _NO_COMMAND = Size("")  # between commands
 
 
@@ -66,7 +65,8 @@ class _Digest:
     def __init__(self, cmd: Digest, file: int) -> None:
         self.cmd = cmd
         self.file = file
-        self.hasher = _ALGS[cmd.alg]()
+        if file >= 0:  # not for _NO_DIGEST, which is never hashed: no hashlib at start-up
+            self.hasher = _ALGS[cmd.alg]()
         self.offset = 0
 
     def close(self) -> None:
