@@ -244,7 +244,8 @@ class _Grower:
                 time.sleep(GROW_CHECK)
                 with self._lock:
                     pools = list(self._pools)
-                if not any([pool.grow() for pool in pools]):
+                waiting = [pool for pool in pools if pool.grow()]  # every pool looked at
+                if not waiting:
                     break
 
 
