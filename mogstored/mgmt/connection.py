@@ -53,6 +53,7 @@ SIZING, OPENING, DIGESTING, FSCK_WAITING = states("sizing", "opening", "digestin
 STATES = (READING, SIZING, OPENING, DIGESTING, FSCK_WAITING, WATCHING)
 
 DIGEST_SLICE = 8 << 20  # bytes hashed per scheduling step before yielding
+_RECV = 4096
 _ALGS = {"MD5": digests.md5, "SHA-1": digests.sha1}
 _NO_COMMAND = Size("")  # between commands
 
@@ -126,6 +127,7 @@ class MgmtConnection:
 
     # -- READING -----------------------------------------------------------
     def _read(self) -> Next:
+        drained = False  # the last recv got less than asked: nothing more is queued
         while True:
             if self.out and (nxt := self._flush()) is not None:
                 return nxt
@@ -141,8 +143,10 @@ class MgmtConnection:
                 continue
             if self.eof or (self.svc.process.quitting and not self.lines.pending()):
                 return Next.CLOSE
+            if drained:  # a recv now would say EAGAIN; re-arming sees what comes meanwhile
+                return Next.READ
             try:
-                data = self.sock.recv(4096)
+                data = self.sock.recv(_RECV)
             except BlockingIOError:
                 return Next.READ
             except OSError as e:
@@ -151,6 +155,7 @@ class MgmtConnection:
             if not data:
                 self.eof = True
                 continue
+            drained = len(data) < _RECV
             self.lines.feed(data)
 
     def _run(self, cmd: Command) -> Next | None:
