@@ -40,6 +40,7 @@ from mogstored.node import ServiceContext
 from mogstored.store.iopool import IoPool
 
 _NOTHING = memoryview(b"")
+_NO_HEAD = HeadParser()  # no head byte yet (never parses): idle connections hold no parser of their own
 TRICKLE_PIECES = 8  # a head still incomplete after this many reads is read at most once per event/later.DELAY
 
 
@@ -80,7 +81,7 @@ class HttpConnection:
         self.keepalive = False  # of the current answer
         self.req = NO_REQUEST  # the current request (its start and status: metrics)
         self.transfer: Transfer = NO_TRANSFER
-        self.head = HeadParser()  # the next request's head, judged as its bytes arrive
+        self.head = _NO_HEAD  # the next request's head, judged as its bytes arrive
         # Kept from the start: after a reset getpeername() fails, yet the log names the peer.
         try:
             host, port = sock.getpeername()[:2]
@@ -113,14 +114,18 @@ class HttpConnection:
     def _read_head(self) -> Next:
         drained = False  # the last recv got less than asked: nothing more is queued
         while True:
-            try:
-                parsed = self.head.parse(self.inbuf, self.pos) if self.pos < len(self.inbuf) else None
-            except HttpError as e:
-                self.req = Request("other", "", False, started=counters.now())  # metrics: a head refused
-                return self.fail(e.status)
+            parsed = None
+            if self.pos < len(self.inbuf):
+                if self.head is _NO_HEAD:
+                    self.head = HeadParser()
+                try:
+                    parsed = self.head.parse(self.inbuf, self.pos)
+                except HttpError as e:
+                    self.req = Request("other", "", False, started=counters.now())  # metrics: a head refused
+                    return self.fail(e.status)
             if parsed is not None:
                 req, self.pos = parsed
-                self.head = HeadParser()
+                self.head = _NO_HEAD
                 return self._dispatch(req)
             if self.eof:
                 return Next.CLOSE
