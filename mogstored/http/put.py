@@ -85,8 +85,11 @@ class PutTransfer(FileTransfer):
         try:
             # Body bytes that arrived with the head come first.
             if conn.pos < len(conn.inbuf):
-                # A copy (at most one head's worth): a view would pin inbuf.
-                used = self._consume(memoryview(bytes(conn.inbuf[conn.pos :])))
+                # One copy (at most one head's worth): a view kept by a write error's
+                # traceback would pin inbuf.
+                with memoryview(conn.inbuf) as whole:
+                    body = bytes(whole[conn.pos :])
+                used = self._consume(memoryview(body))
                 conn.pos += used
                 if conn.pos >= len(conn.inbuf):
                     conn.inbuf.clear()
