@@ -85,7 +85,7 @@ def _write_usage_file(path: str, usage: devices.Usage) -> None:
         log.error(f"stat({target}): {e.strerror}")
         return
     try:
-        devices.write_usage(path, usage)
+        atomic.replace_file(path, "usage", devices.format_usage(usage), 0o666 & ~devices.umask())
     except OSError as e:
         log.error(f"dprintf({target}): {e.strerror}")
 

@@ -115,6 +115,29 @@ def _link_unnamed(fd: int, dirfd: int, name: str, replacing: bool) -> None:
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
 
 
+def replace_file(dirpath: str, name: str, data: bytes, mode: int) -> None:
+    """``dirpath/name`` replaced by ``data`` (a usage file) as a PUT replaces a file:
+    readers see the old or the new one, a crash leaves nothing but, for an instant,
+    a complete temp link the sweep removes.  On failure the old file stays."""
+    dirfd = os.open(dirpath, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd, tmp = create(dirfd, name)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)
+            commit(fd, tmp, dirfd, name, durable=False, replacing=True)
+        except BaseException:
+            if tmp is not None:
+                discard(dirfd, tmp)
+            raise
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dirfd)
+
+
 def discard(dirfd: int, tmpname: str) -> None:
     try:
         os.unlink(tmpname, dir_fd=dirfd)

@@ -177,34 +177,3 @@ def umask() -> int:
     old = os.umask(0o022)
     os.umask(old)
     return old
-
-
-def write_usage(devdir: str, u: Usage) -> None:
-    """Atomically replace ``devdir/usage`` (§2.3.3) so HTTP readers never see a partial file.
-
-    The temp name carries our pid; a leftover from an earlier process with the same pid
-    is removed first. On failure the temp file is removed, the old usage file stays and
-    the OSError propagates.
-    """
-    tmp = os.path.join(devdir, f"usage.{os.getpid():x}")
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    data = format_usage(u)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, 0o666 & ~umask())
-        finally:
-            os.close(fd)
-        os.rename(tmp, os.path.join(devdir, "usage"))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

@@ -66,3 +66,45 @@ def test_named_fallback_when_o_tmpfile_is_refused(tmp_path: Path, dirfd: int,
     finally:
         os.close(fd)
     assert os.listdir(tmp_path) == ["a.fid"] and (tmp_path / "a.fid").read_bytes() == b"new"
+
+
+# -- replace_file: the usage file's way in -------------------------------------------
+USAGE = b"available: 1\ndevice: /dev/x\n"
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "named temp"])
+def test_replace_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmpfile: bool) -> None:
+    monkeypatch.setattr(atomic, "_use_tmpfile", tmpfile)
+    atomic.replace_file(str(tmp_path), "usage", b"old", 0o640)
+    atomic.replace_file(str(tmp_path), "usage", USAGE, 0o640)
+    usage = tmp_path / "usage"
+    assert usage.read_bytes() == USAGE
+    assert usage.stat().st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["usage"]
+
+
+def test_replace_file_error_keeps_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "usage").write_bytes(b"old")
+    monkeypatch.setattr(atomic, "_use_tmpfile", False)  # a named temp: it must go too
+
+    def fail(fd: int, mode: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fchmod", fail)
+    with pytest.raises(OSError):
+        atomic.replace_file(str(tmp_path), "usage", USAGE, 0o644)
+    assert (tmp_path / "usage").read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["usage"]
+
+
+def test_replace_file_over_a_directory_fails_and_leaves_no_temp(tmp_path: Path) -> None:
+    (tmp_path / "usage").mkdir()
+    (tmp_path / "usage" / "x").write_bytes(b"")
+    with pytest.raises(OSError):
+        atomic.replace_file(str(tmp_path), "usage", USAGE, 0o644)
+    assert os.listdir(tmp_path) == ["usage"]
+
+
+def test_replace_file_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        atomic.replace_file(str(tmp_path / "gone"), "usage", USAGE, 0o644)

@@ -8,7 +8,7 @@ import pytest
 
 from mogstored.store import devices
 from mogstored.store.devices import (
-    Mount, Usage, compute_usage, format_usage, read_mounts, scan_devices, write_usage,
+    Mount, Usage, compute_usage, format_usage, read_mounts, scan_devices,
 )
 
 
@@ -140,7 +140,7 @@ def test_compute_usage_real_filesystem(tmp_path):
     assert abs(u.time - time.time()) < 5
 
 
-# --- format_usage / write_usage (§2.3.1, §2.3.3) --------------------------------------------
+# --- format_usage (§2.3.1); its atomic replacement is in test_atomic.py --------------------------------------------
 
 EXAMPLE = Usage(available=83545664, device="/dev/vda", disk="/var/mogdata/dev1",
                 time=1795664592, total=106390912, use=22, used=22845248)
@@ -157,52 +157,6 @@ def umask027():
     old = os.umask(0o027)
     yield
     os.umask(old)
-
-
-def temp_name(devdir):
-    return devdir / f"usage.{os.getpid():x}"
-
-
-def test_write_usage(tmp_path, umask027):
-    write_usage(str(tmp_path), EXAMPLE)
-    usage = tmp_path / "usage"
-    assert usage.read_bytes() == EXAMPLE_BYTES
-    assert stat.S_IMODE(usage.stat().st_mode) == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["usage"]
-
-
-def test_write_usage_replaces_and_removes_stale_temp(tmp_path, umask027):
-    (tmp_path / "usage").write_bytes(b"old")
-    temp_name(tmp_path).write_bytes(b"stale from a previous process with our pid")
-    write_usage(str(tmp_path), EXAMPLE)
-    assert (tmp_path / "usage").read_bytes() == EXAMPLE_BYTES
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["usage"]
-
-
-def test_write_usage_error_keeps_old_file_and_removes_temp(tmp_path, monkeypatch):
-    (tmp_path / "usage").write_bytes(b"old")
-
-    def fail(fd, mode):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(devices.os, "fchmod", fail)
-    with pytest.raises(OSError):
-        write_usage(str(tmp_path), EXAMPLE)
-    assert (tmp_path / "usage").read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["usage"]
-
-
-def test_write_usage_rename_failure_removes_temp(tmp_path):
-    (tmp_path / "usage").mkdir()
-    (tmp_path / "usage" / "x").write_bytes(b"")
-    with pytest.raises(OSError):
-        write_usage(str(tmp_path), EXAMPLE)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["usage"]
-
-
-def test_write_usage_missing_devdir(tmp_path):
-    with pytest.raises(OSError):
-        write_usage(str(tmp_path / "gone"), EXAMPLE)
 
 
 def test_umask_read_without_changing_it(umask027):
