@@ -43,6 +43,8 @@ class LineBuffer:
     def next_line(self) -> bytes | None:
         """Pop one complete line (EOL and a CR right before it removed), or None."""
         buf = self._buf
+        if not buf:
+            return None
         end = buf.find(b"\n", self._scanned, MAX_LINE)
         if end < 0:
             if len(buf) >= MAX_LINE:

@@ -28,26 +28,28 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-_syscall = libc["syscall"]  # our own copy: the argtypes below are openat2's
+# Our own copy of syscall(), without argtypes: the 64-bit arguments are ctypes objects
+# made once, the fd and path convert by themselves.  This is a per-request call, and
+# argtypes conversion costs more than the syscall.
+_syscall = libc["syscall"]
 _syscall.restype = ctypes.c_long
-_syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
-_HOW_SIZE = ctypes.sizeof(_OpenHow)
-# One read-only open_how per (flags, mode, resolve), shared by every thread: this
-# is a per-request call, and building ctypes structures costs more than the syscall.
-_hows: dict[tuple[int, int, int], tuple[_OpenHow, int]] = {}
+_NR_OPENAT2 = ctypes.c_long(_SYS_OPENAT2 or -1)
+_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
+# One read-only open_how per (flags, mode, resolve), shared by every thread.
+_hows: dict[tuple[int, int, int], tuple[_OpenHow, ctypes.c_void_p]] = {}
 
 
-def _how(flags: int, mode: int, resolve: int) -> int:
+def _how(flags: int, mode: int, resolve: int) -> ctypes.c_void_p:
     key = (flags, mode, resolve)
     entry = _hows.get(key)
     if entry is None:
         how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
-        entry = _hows.setdefault(key, (how, ctypes.addressof(how)))
+        entry = _hows.setdefault(key, (how, ctypes.c_void_p(ctypes.addressof(how))))
     return entry[1]
 
 
 def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int = _RESOLVE) -> int:
-    fd = _syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), _how(flags, mode, resolve), _HOW_SIZE)
+    fd: int = _syscall(_NR_OPENAT2, dirfd, os.fsencode(path), _how(flags, mode, resolve), _HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
