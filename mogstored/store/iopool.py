@@ -222,9 +222,14 @@ class _Grower:
 
     def __init__(self) -> None:
         self._pools: weakref.WeakSet[IoPool] = weakref.WeakSet()  # pools that queued behind busy threads
+        self._pid = 0  # the process its thread runs in (a fork has none)
+        self._after_fork()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        """Fresh locks: a fork may have copied them held by a thread the child lacks."""
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._pid = 0  # the process its thread runs in (a fork has none)
 
     def watch(self, pool: IoPool) -> None:
         """``pool`` queued a job behind busy threads (it holds its own lock)."""
