@@ -21,6 +21,7 @@ from mogstored.http.parser import (
     HttpError,
     Request,
     check_put_framing,
+    parse_whole,
     resolve_range,
 )
 from mogstored.http.paths import refusal
@@ -116,10 +117,12 @@ class HttpConnection:
         while True:
             parsed = None
             if self.pos < len(self.inbuf):
-                if self.head is _NO_HEAD:
-                    self.head = HeadParser()
                 try:
-                    parsed = self.head.parse(self.inbuf, self.pos)
+                    if self.head is not _NO_HEAD:
+                        parsed = self.head.parse(self.inbuf, self.pos)
+                    elif (parsed := parse_whole(self.inbuf, self.pos)) is None:  # the usual head, no parser
+                        self.head = HeadParser()
+                        parsed = self.head.parse(self.inbuf, self.pos)
                 except HttpError as e:
                     self.req = Request("other", "", False, started=counters.now())  # metrics: a head refused
                     return self.fail(e.status)
@@ -187,7 +190,9 @@ class HttpConnection:
         self.transfer = transfer
         self.pool = self.svc.ioq.for_path(self.svc.docroot.path, path)
         self.state = state
-        return Next.RUN  # the core runs the state here or hops to the pool
+        if state.on_pool:
+            return Next.RUN  # the core hops to the pool
+        return transfer.step(None)  # runs here (LOOKING): no hop to make
 
     # -- responses (any thread) -------------------------------------------
     def fail(self, status: int) -> Next:

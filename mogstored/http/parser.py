@@ -397,9 +397,9 @@ class HeadParser:
         end = min(len(buf), start + MAX_HEAD)
         pos = start + self._off
         if self._off == 0:
-            whole = _WHOLE_HEAD.match(buf, start, end)
-            if whole is not None and len(whole.group(2)) < _PATH_MAX and whole.end(2) - start <= _PATH_END_MAX:
-                return _whole_head(whole), whole.end()
+            whole = parse_whole(buf, start)
+            if whole is not None:
+                return whole
             pos = self._whole_request_line(buf, start, end)
         if self._state != _R_FIELDS:
             pos = self._request_line(buf, start, pos, end)
@@ -518,6 +518,15 @@ class HeadParser:
                     st = _R_FIELDS
         self._state = st
         return pos
+
+
+def parse_whole(buf: bytes | bytearray, start: int = 0) -> tuple[Request, int] | None:
+    """The head at buf[start:] if it is whole and made of usual lines only (one match,
+    the common case), else None: then a HeadParser judges it byte by byte."""
+    m = _WHOLE_HEAD.match(buf, start, min(len(buf), start + MAX_HEAD))
+    if m is None or len(m.group(2)) >= _PATH_MAX or m.end(2) - start > _PATH_END_MAX:
+        return None
+    return _whole_head(m), m.end()
 
 
 def _whole_head(m: re.Match[bytes]) -> Request:

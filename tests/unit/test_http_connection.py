@@ -75,11 +75,9 @@ def test_cached_get_is_answered_on_the_event_thread(pair) -> None:
     for request in (b"GET /dev1/f HTTP/1.1\r\n\r\n", b"GET /dev1/f HTTP/1.1\r\nRange: bytes=2-4\r\n\r\n",
                     b"HEAD /dev1/f HTTP/1.1\r\n\r\n", b"GET /dev1/nothing HTTP/1.1\r\n\r\n"):
         peer.sendall(request)
-        assert conn.step(None) is Next.RUN
-        assert conn.state is states.LOOKING and not conn.state.on_pool and conn.pool is POOL
-        nxt = conn.step(None)
+        nxt = conn.step(None)  # READING dispatches to LOOKING, which runs at once (no hop)
         assert nxt is Next.READ, (request, conn.state)
-        assert conn.state is states.READING and conn.transfer is states.NO_TRANSFER
+        assert conn.state is states.READING and conn.transfer is states.NO_TRANSFER and conn.pool is POOL
     reply = _recv_all(peer)
     heads = reply.split(b"HTTP/1.1 ")[1:]
     assert heads[0].startswith(b"200 OK\r\n") and heads[0].endswith(b"\r\n\r\n0123456789")
@@ -99,16 +97,14 @@ def test_cached_large_file_is_opened_here_and_sent_from_the_pool(pair) -> None:
     (tmp_path / "dev1" / "big").write_bytes(body)
     peer.sendall(b"GET /dev1/big HTTP/1.1\r\n\r\n")
     assert conn.step(None) is Next.RUN
-    assert conn.step(None) is Next.RUN
-    assert conn.state is states.SENDING  # open and fstat done; sendfile only in the pool
+    assert conn.state is states.SENDING  # open and fstat done (LOOKING); sendfile only in the pool
     assert conn.step(POOL) is Next.READ
     assert _recv_all(peer).endswith(b"\r\n\r\n" + body)
 
 
 def _cold_step(conn: HttpConnection, peer: socket.socket, request: bytes, pool_state: states.State) -> bytes:
     peer.sendall(request)
-    assert conn.step(None) is Next.RUN and conn.state is states.LOOKING
-    assert conn.step(None) is Next.RUN
+    assert conn.step(None) is Next.RUN  # READING, then LOOKING found nothing cached
     assert conn.state is pool_state and conn.state.on_pool  # the core hops to the pool
     assert conn.step(POOL) is Next.READ
     return _recv_all(peer)
@@ -169,8 +165,8 @@ def test_a_head_in_many_small_pieces_is_read_later(pair) -> None:
     assert answers[TRICKLE_PIECES - 1 :] == [Next.LATER] * 3
     peer.sendall(head[TRICKLE_PIECES + 2 :])
     time.sleep(0.01)
-    assert conn.step(None) is Next.RUN  # the whole head is there: on to the file
-    assert conn.state is states.LOOKING
+    assert conn.step(None) is Next.READ  # the whole head is there: answered from the caches
+    assert conn.state is states.READING and b"200 OK" in _recv_all(peer)
 
 
 def test_pipelined_requests_go_behind_other_clients(pair) -> None:
