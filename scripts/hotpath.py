@@ -68,6 +68,7 @@ def main() -> int:
     ioq = IoQueues(queue.run)
     control = SimpleNamespace(quitting=False, retry_open=lambda fn: fn())
     svc = ServiceContext(Service(str(root), None, None, None), ioq, FsckQueues(), control)  # type: ignore[arg-type]
+    svc.scan()  # dev1 and its pool, as the daemon finds them
     for name in args.only.split(","):
         request, kind = CASES[name]
         ours, peer = tcp_pair()
