@@ -222,12 +222,13 @@ class _Grower:
 
     def __init__(self) -> None:
         self._pools: weakref.WeakSet[IoPool] = weakref.WeakSet()  # pools that queued behind busy threads
-        self._pid = 0  # the process its thread runs in (a fork has none)
         self._after_fork()
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
-        """Fresh locks: a fork may have copied them held by a thread the child lacks."""
+        """A child has no grower thread, and fresh locks: a fork may have copied
+        them held by a thread the child lacks."""
+        self._running = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
 
@@ -235,8 +236,8 @@ class _Grower:
         """``pool`` queued a job behind busy threads (it holds its own lock)."""
         with self._lock:
             self._pools.add(pool)
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
+            if not self._running:
+                self._running = True
                 threading.Thread(target=self._loop, name="io:grow", daemon=True).start()
         self._wake.set()
 
