@@ -27,10 +27,11 @@ MAX_THREADS = 100
 IDLE_EXIT = 10.0  # seconds a pool thread waits for work before it exits
 GROW_CHECK = 0.005  # seconds between the grower's looks while jobs wait behind busy threads
 # A busy thread is worth company once its step has run LONG_STEP and, looked at
-# by the grower (which holds the interpreter lock), it is not waiting for that
-# lock: it sleeps in the kernel for the disk (state D) or runs outside the lock
-# (R: hashing, copying), so another thread would run alongside it.  Any step
-# running STUCK_AFTER counts, whatever its state.
+# by the grower (which holds the interpreter lock), it is not waiting for a lock:
+# it sleeps in the kernel for the disk (state D) or runs outside the lock (R and
+# not in futex(): hashing, copying), so another thread would run alongside it.
+# It must be seen so at two looks in a row.  Any step running STUCK_AFTER
+# counts, whatever its state.
 LONG_STEP = 0.001
 STUCK_AFTER = 0.5
 
@@ -200,19 +201,39 @@ class IoPool:
 
 
 def _needs_company(clock: counters.CallClock, now: float) -> bool:
+    """Whether the step ``clock`` times holds its thread outside the interpreter lock:
+    seen so at two looks in a row (one look also catches page-cache steps between
+    two short system calls)."""
     took = now - clock.since
-    return took >= STUCK_AFTER or (took >= LONG_STEP and _thread_state(clock.tid) in b"RD")
+    if took >= STUCK_AFTER:
+        return True
+    if took < LONG_STEP or not _outside_lock(clock.tid):
+        return False
+    again = clock.seen == clock.since
+    clock.seen = clock.since
+    return again
 
 
-def _thread_state(tid: int) -> bytes:
-    """The kernel's state letter of a thread of this process (b"S" if unknown)."""
+# The futex syscall's number as /proc/TID/syscall shows it: a thread in it waits for
+# a lock (the interpreter's, most likely), not for a disk.
+_FUTEX = {"x86_64": b"202", "aarch64": b"98", "riscv64": b"98"}.get(os.uname().machine, b"")
+
+
+def _outside_lock(tid: int) -> bool:
+    """Whether a thread of this process (looked at by the grower, which holds the
+    interpreter lock) sleeps in the kernel for a disk (state D) or runs (R) outside
+    any lock: a thread just woken to take the interpreter lock is R too, but still
+    inside futex()."""
     try:
         with open(f"/proc/self/task/{tid}/stat", "rb") as f:
             stat = f.read()
+        at = stat.rindex(b")") + 2
+        if stat[at : at + 1] not in b"RD":
+            return False
+        with open(f"/proc/self/task/{tid}/syscall", "rb") as f:
+            return f.read().split(b" ", 1)[0] != _FUTEX
     except OSError:
-        return b"S"
-    at = stat.rindex(b")") + 2
-    return stat[at : at + 1]
+        return False
 
 
 class _Grower:

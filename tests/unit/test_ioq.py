@@ -1,6 +1,7 @@
 """Device I/O pools without sockets: ordering, resizing, failing tasks."""
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -119,6 +120,68 @@ def test_steps_that_only_compute_share_one_thread(monkeypatch) -> None:
     assert done == list(range(300)) and _pool_threads("test") == 1
     pool.stop()
     queue.stop()
+
+
+def test_a_step_hashing_outside_the_interpreter_lock_gets_company(monkeypatch) -> None:
+    """Hashing releases the interpreter lock: a second thread runs beside it (no
+    STUCK_AFTER here, the grower must see the thread outside the lock)."""
+    monkeypatch.setattr(iopool, "STUCK_AFTER", 60.0)
+    queue, pool = _pool(10)
+    gate = threading.Event()
+    done: list[int] = []
+    block = bytes(8 << 20)
+
+    def hash_until_gate() -> None:
+        h = hashlib.md5()
+        while not gate.is_set():
+            h.update(block)
+
+    pool.call(hash_until_gate)
+    _wait(lambda: _pool_threads("test") == 1)
+    for i in range(3):
+        pool.call(lambda i=i: done.append(i))
+    try:
+        _wait(lambda: len(done) == 3)
+        assert _pool_threads("test") >= 2
+    finally:
+        gate.set()
+    pool.stop()
+    queue.stop()
+
+
+def test_a_thread_waiting_for_a_lock_is_not_outside_it() -> None:
+    """What the grower reads from /proc: a thread blocked on a lock (futex) is not
+    worth company, one hashing is."""
+    lock = threading.Lock()
+    lock.acquire()
+    tids: list[int] = []
+    stop = threading.Event()
+
+    def wait_for_lock() -> None:
+        tids.append(threading.get_native_id())
+        lock.acquire()
+
+    def hash_until_stop() -> None:
+        tids.append(threading.get_native_id())
+        h, block = hashlib.md5(), bytes(8 << 20)
+        while not stop.is_set():
+            h.update(block)
+
+    waiter = threading.Thread(target=wait_for_lock)
+    hasher = threading.Thread(target=hash_until_stop)
+    waiter.start()
+    _wait(lambda: len(tids) == 1)
+    hasher.start()
+    _wait(lambda: len(tids) == 2)
+    try:
+        time.sleep(0.05)  # the waiter is in futex() by now
+        assert not any(iopool._outside_lock(tids[0]) for _ in range(20))
+        assert any(iopool._outside_lock(tids[1]) for _ in range(200))
+    finally:
+        stop.set()
+        lock.release()
+        waiter.join()
+        hasher.join()
 
 
 def test_a_stuck_thread_gets_company_for_the_jobs_behind_it(monkeypatch) -> None:
