@@ -30,8 +30,8 @@ GROW_CHECK = 0.005  # seconds between the grower's looks while jobs wait behind 
 # by the grower (which holds the interpreter lock), it is not waiting for a lock:
 # it sleeps in the kernel for the disk (state D) or runs outside the lock (R and
 # not in futex(): hashing, copying), so another thread would run alongside it.
-# It must be seen so at two looks in a row.  Any step running STUCK_AFTER
-# counts, whatever its state.
+# R must be seen at two looks in a row (5 ms apart), D once: a disk read of a few
+# ms still gets company.  Any step running STUCK_AFTER counts, whatever its state.
 LONG_STEP = 0.001
 STUCK_AFTER = 0.5
 
@@ -201,14 +201,18 @@ class IoPool:
 
 
 def _needs_company(clock: counters.CallClock, now: float) -> bool:
-    """Whether the step ``clock`` times holds its thread outside the interpreter lock:
-    seen so at two looks in a row (one look also catches page-cache steps between
-    two short system calls)."""
+    """Whether the step ``clock`` times holds its thread outside the interpreter lock.
+    Waiting for a disk counts at once; running outside the lock only if seen at two
+    looks in a row (one look also catches page-cache steps between two short system
+    calls)."""
     took = now - clock.since
     if took >= STUCK_AFTER:
         return True
-    if took < LONG_STEP or not _outside_lock(clock.tid):
+    if took < LONG_STEP:
         return False
+    state = _outside_lock(clock.tid)
+    if state != b"R":
+        return state == b"D"
     again = clock.seen == clock.since
     clock.seen = clock.since
     return again
@@ -219,21 +223,24 @@ def _needs_company(clock: counters.CallClock, now: float) -> bool:
 _FUTEX = {"x86_64": b"202", "aarch64": b"98", "riscv64": b"98"}.get(os.uname().machine, b"")
 
 
-def _outside_lock(tid: int) -> bool:
-    """Whether a thread of this process (looked at by the grower, which holds the
-    interpreter lock) sleeps in the kernel for a disk (state D) or runs (R) outside
-    any lock: a thread just woken to take the interpreter lock is R too, but still
+def _outside_lock(tid: int) -> bytes:
+    """b"D" if a thread of this process sleeps in the kernel for a disk, b"R" if it
+    runs outside any lock (looked at by the grower, which holds the interpreter lock),
+    else b"": a thread just woken to take the interpreter lock is R too, but still
     inside futex()."""
     try:
         with open(f"/proc/self/task/{tid}/stat", "rb") as f:
             stat = f.read()
         at = stat.rindex(b")") + 2
-        if stat[at : at + 1] not in b"RD":
-            return False
+        state = stat[at : at + 1]
+        if state == b"D":
+            return state
+        if state != b"R":
+            return b""
         with open(f"/proc/self/task/{tid}/syscall", "rb") as f:
-            return f.read().split(b" ", 1)[0] != _FUTEX
+            return state if f.read().split(b" ", 1)[0] != _FUTEX else b""
     except OSError:
-        return False
+        return b""
 
 
 class _Grower:

@@ -5,6 +5,7 @@ import hashlib
 import threading
 import time
 
+from mogstored import counters
 from mogstored.event.core import EventQueue
 from mogstored.store import iopool
 from mogstored.store.iopool import IoPool, IoQueues
@@ -176,12 +177,34 @@ def test_a_thread_waiting_for_a_lock_is_not_outside_it() -> None:
     try:
         time.sleep(0.05)  # the waiter is in futex() by now
         assert not any(iopool._outside_lock(tids[0]) for _ in range(20))
-        assert any(iopool._outside_lock(tids[1]) for _ in range(200))
+        assert b"R" in {iopool._outside_lock(tids[1]) for _ in range(200)}
     finally:
         stop.set()
         lock.release()
         waiter.join()
         hasher.join()
+
+
+def test_disk_waits_count_at_once_running_outside_the_lock_at_two_looks(monkeypatch) -> None:
+    """A disk read of a few ms gets company at the grower's first look; a thread seen
+    running outside the lock only once may be between two short system calls."""
+    seen = {"state": b"D"}
+    monkeypatch.setattr(iopool, "_outside_lock", lambda tid: seen["state"])
+    clock = counters.CallClock()
+    now = 100.0
+    clock.since = now - 0.002
+    assert iopool._needs_company(clock, now)
+    seen["state"] = b"R"
+    assert not iopool._needs_company(clock, now)
+    assert iopool._needs_company(clock, now + 0.005)  # the same step, looked at again
+    clock.since = now + 0.004  # the next step
+    assert not iopool._needs_company(clock, now + 0.010)
+    seen["state"] = b""  # waiting for a lock, or asleep
+    assert not iopool._needs_company(clock, now + 0.015)
+    assert iopool._needs_company(clock, now + 0.004 + iopool.STUCK_AFTER)  # stuck, whatever the state
+    clock.since = now - iopool.LONG_STEP / 2
+    seen["state"] = b"D"
+    assert not iopool._needs_company(clock, now)  # too short to tell
 
 
 def test_a_stuck_thread_gets_company_for_the_jobs_behind_it(monkeypatch) -> None:
