@@ -47,12 +47,12 @@ class CallClock:
     """When the step a pool thread is running began (0.0: idle), and the thread's
     kernel id (its /proc/self/task entry)."""
 
-    __slots__ = ("seen", "since", "tid")
+    __slots__ = ("computes", "since", "tid")
 
     def __init__(self) -> None:
         self.since = 0.0
         self.tid = threading.get_native_id()
-        self.seen = 0.0  # the step (its since) the pool grower last saw outside the interpreter lock
+        self.computes = False  # the step said it computes outside the interpreter lock (iopool.computing)
 
 
 # Errors a request causes itself (missing file, symlink, no permission) or

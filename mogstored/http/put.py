@@ -18,7 +18,7 @@ from mogstored.http.states import RECEIVING, Connection, FileTransfer
 from mogstored.store import atomic
 from mogstored.store.devices import umask
 from mogstored.store.fs import Docroot
-from mogstored.store.iopool import thread_buffer
+from mogstored.store.iopool import computing, thread_buffer
 
 _PUT_MODE = 0o666 & ~umask()
 
@@ -95,6 +95,8 @@ class PutTransfer(FileTransfer):
                     conn.inbuf.clear()
                     conn.pos = 0
             buf = thread_buffer()
+            if self.md5 is not None:
+                computing()  # hashing: another thread may run beside this one
             while not self._body_done():
                 want = len(buf) if self.chunks is not None else min(len(buf), self.remaining)
                 try:

@@ -46,7 +46,7 @@ from mogstored.mgmt.parser import (
 )
 from mogstored.node import ServiceContext
 from mogstored.store.fsck import low_io_priority
-from mogstored.store.iopool import IoPool, thread_buffer
+from mogstored.store.iopool import IoPool, computing, thread_buffer
 
 READING, WATCHING = states("reading", "watching", on_pool=False)
 SIZING, OPENING, DIGESTING, FSCK_WAITING = states("sizing", "opening", "digesting", "fsck-waiting", on_pool=True)
@@ -253,6 +253,7 @@ class MgmtConnection:
         return self._hash_slice(digest)
 
     def _hash_slice(self, digest: _Digest) -> Next:
+        computing()  # another thread may hash beside this one
         buf = thread_buffer()
         update = digest.hasher.update
         done = 0

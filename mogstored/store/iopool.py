@@ -27,17 +27,25 @@ MAX_THREADS = 100
 IDLE_EXIT = 10.0  # seconds a pool thread waits for work before it exits
 GROW_CHECK = 0.005  # seconds between the grower's looks while jobs wait behind busy threads
 # A busy thread is worth company once its step has run LONG_STEP and, looked at
-# by the grower (which holds the interpreter lock), it is not waiting for a lock:
-# it sleeps in the kernel for the disk (state D) or runs outside the lock (R and
-# not in futex(): hashing, copying), so another thread would run alongside it.
-# R must be seen at two looks in a row (5 ms apart), D once: a disk read of a few
-# ms still gets company.  Any step running STUCK_AFTER counts, whatever its state.
+# by the grower (which holds the interpreter lock), it sleeps in the kernel for the
+# disk (state D), or it runs (R, not in futex()) in a step that said it computes
+# outside the lock (computing(): digests).  Other running steps (page-cache reads
+# and writes between short system calls) are not: more threads for them only add
+# lock hand-offs.  Any step running STUCK_AFTER counts, whatever its state.
 LONG_STEP = 0.001
 STUCK_AFTER = 0.5
 
 Run = Callable[[Client, "IoPool"], None]  # the event core's EventQueue.run
 
 _local = threading.local()
+
+
+def computing() -> None:
+    """The running pool step computes outside the interpreter lock (hashing): a
+    second thread would run beside it, so the grower may add one."""
+    clock = getattr(_local, "clock", None)
+    if clock is not None:  # on a pool thread
+        clock.computes = True
 
 
 def thread_buffer() -> memoryview:
@@ -154,7 +162,7 @@ class IoPool:
         stop_all(self._lock, self._threads, self.resize, timeout)
 
     def _loop(self) -> None:
-        clock = self.stats.thread_clock()  # metrics: when this thread's current job began
+        clock = _local.clock = self.stats.thread_clock()  # metrics: when this thread's current job began
         try:
             self._work(clock)
         finally:
@@ -198,24 +206,21 @@ class IoPool:
             else:
                 run(job, self)  # type: ignore[arg-type]
             clock.since = 0.0
+            clock.computes = False
 
 
 def _needs_company(clock: counters.CallClock, now: float) -> bool:
-    """Whether the step ``clock`` times holds its thread outside the interpreter lock.
-    Waiting for a disk counts at once; running outside the lock only if seen at two
-    looks in a row (one look also catches page-cache steps between two short system
-    calls)."""
     took = now - clock.since
     if took >= STUCK_AFTER:
         return True
     if took < LONG_STEP:
         return False
-    state = _outside_lock(clock.tid)
-    if state != b"R":
-        return state == b"D"
-    again = clock.seen == clock.since
-    clock.seen = clock.since
-    return again
+    state = _task_file(clock.tid, "stat")
+    state = state[state.rindex(b")") + 2 :][:1] if state else b""
+    if state == b"D":
+        return True
+    # A thread just woken to take the interpreter lock is R too, but still in futex().
+    return state == b"R" and clock.computes and _task_file(clock.tid, "syscall").split(b" ", 1)[0] != _FUTEX
 
 
 # The futex syscall's number as /proc/TID/syscall shows it: a thread in it waits for
@@ -223,22 +228,11 @@ def _needs_company(clock: counters.CallClock, now: float) -> bool:
 _FUTEX = {"x86_64": b"202", "aarch64": b"98", "riscv64": b"98"}.get(os.uname().machine, b"")
 
 
-def _outside_lock(tid: int) -> bytes:
-    """b"D" if a thread of this process sleeps in the kernel for a disk, b"R" if it
-    runs outside any lock (looked at by the grower, which holds the interpreter lock),
-    else b"": a thread just woken to take the interpreter lock is R too, but still
-    inside futex()."""
+def _task_file(tid: int, name: str) -> bytes:
+    """/proc/self/task/TID/NAME of a thread of this process (b"" if it is gone)."""
     try:
-        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-            stat = f.read()
-        at = stat.rindex(b")") + 2
-        state = stat[at : at + 1]
-        if state == b"D":
-            return state
-        if state != b"R":
-            return b""
-        with open(f"/proc/self/task/{tid}/syscall", "rb") as f:
-            return state if f.read().split(b" ", 1)[0] != _FUTEX else b""
+        with open(f"/proc/self/task/{tid}/{name}", "rb") as f:
+            return f.read()
     except OSError:
         return b""
 

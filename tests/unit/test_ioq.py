@@ -123,21 +123,22 @@ def test_steps_that_only_compute_share_one_thread(monkeypatch) -> None:
     queue.stop()
 
 
+def _hash_until(gate: threading.Event, declare: bool) -> None:
+    if declare:
+        iopool.computing()
+    h, block = hashlib.md5(), bytes(8 << 20)
+    while not gate.is_set():
+        h.update(block)
+
+
 def test_a_step_hashing_outside_the_interpreter_lock_gets_company(monkeypatch) -> None:
-    """Hashing releases the interpreter lock: a second thread runs beside it (no
-    STUCK_AFTER here, the grower must see the thread outside the lock)."""
+    """A digest says it computes outside the lock: a second thread runs beside it
+    (no STUCK_AFTER here, the grower must see the thread running)."""
     monkeypatch.setattr(iopool, "STUCK_AFTER", 60.0)
     queue, pool = _pool(10)
     gate = threading.Event()
     done: list[int] = []
-    block = bytes(8 << 20)
-
-    def hash_until_gate() -> None:
-        h = hashlib.md5()
-        while not gate.is_set():
-            h.update(block)
-
-    pool.call(hash_until_gate)
+    pool.call(lambda: _hash_until(gate, declare=True))
     _wait(lambda: _pool_threads("test") == 1)
     for i in range(3):
         pool.call(lambda i=i: done.append(i))
@@ -150,60 +151,79 @@ def test_a_step_hashing_outside_the_interpreter_lock_gets_company(monkeypatch) -
     queue.stop()
 
 
-def test_a_thread_waiting_for_a_lock_is_not_outside_it() -> None:
-    """What the grower reads from /proc: a thread blocked on a lock (futex) is not
-    worth company, one hashing is."""
+def test_a_running_step_that_did_not_say_it_computes_gets_no_company(monkeypatch) -> None:
+    """Running outside the lock is also what a page-cache PUT does between short system
+    calls, where more threads only add lock hand-offs: the jobs behind it wait."""
+    monkeypatch.setattr(iopool, "STUCK_AFTER", 60.0)
+    queue, pool = _pool(10)
+    gate = threading.Event()
+    done: list[int] = []
+    pool.call(lambda: _hash_until(gate, declare=False))
+    _wait(lambda: _pool_threads("test") == 1)
+    for i in range(3):
+        pool.call(lambda i=i: done.append(i))
+    try:
+        time.sleep(0.3)  # 60 looks of the grower
+        assert done == [] and _pool_threads("test") == 1
+    finally:
+        gate.set()
+    _wait(lambda: len(done) == 3)
+    pool.stop()
+    queue.stop()
+
+
+def test_the_grower_tells_a_thread_waiting_for_a_lock_from_one_hashing() -> None:
+    """Read from /proc: a thread blocked on a lock (futex) is not worth company even
+    in a computing step; one hashing is."""
     lock = threading.Lock()
     lock.acquire()
-    tids: list[int] = []
-    stop = threading.Event()
+    gate = threading.Event()
+    clocks: list[counters.CallClock] = []
 
-    def wait_for_lock() -> None:
-        tids.append(threading.get_native_id())
-        lock.acquire()
+    def clocked(fn):
+        def run() -> None:
+            clock = counters.CallClock()  # this thread's tid
+            clock.computes = True
+            clock.since = counters.now()
+            clocks.append(clock)
+            fn()
+        return threading.Thread(target=run)
 
-    def hash_until_stop() -> None:
-        tids.append(threading.get_native_id())
-        h, block = hashlib.md5(), bytes(8 << 20)
-        while not stop.is_set():
-            h.update(block)
-
-    waiter = threading.Thread(target=wait_for_lock)
-    hasher = threading.Thread(target=hash_until_stop)
+    waiter = clocked(lock.acquire)
+    hasher = clocked(lambda: _hash_until(gate, declare=False))
     waiter.start()
-    _wait(lambda: len(tids) == 1)
+    _wait(lambda: len(clocks) == 1)
     hasher.start()
-    _wait(lambda: len(tids) == 2)
+    _wait(lambda: len(clocks) == 2)
     try:
-        time.sleep(0.05)  # the waiter is in futex() by now
-        assert not any(iopool._outside_lock(tids[0]) for _ in range(20))
-        assert b"R" in {iopool._outside_lock(tids[1]) for _ in range(200)}
+        time.sleep(0.05)  # the waiter is in futex() by now, both steps are long
+        assert not any(iopool._needs_company(clocks[0], counters.now()) for _ in range(20))
+        assert any(iopool._needs_company(clocks[1], counters.now()) for _ in range(200))
     finally:
-        stop.set()
+        gate.set()
         lock.release()
         waiter.join()
         hasher.join()
 
 
-def test_disk_waits_count_at_once_running_outside_the_lock_at_two_looks(monkeypatch) -> None:
-    """A disk read of a few ms gets company at the grower's first look; a thread seen
-    running outside the lock only once may be between two short system calls."""
-    seen = {"state": b"D"}
-    monkeypatch.setattr(iopool, "_outside_lock", lambda tid: seen["state"])
+def test_disk_waits_count_at_once_running_only_in_a_computing_step(monkeypatch) -> None:
+    states = {"stat": b"1 (io:dev1) D 0", "syscall": b"17 0x1 0x2"}
+    monkeypatch.setattr(iopool, "_task_file", lambda tid, name: states[name])
     clock = counters.CallClock()
     now = 100.0
     clock.since = now - 0.002
+    assert iopool._needs_company(clock, now)  # a disk read of a few ms
+    states["stat"] = b"1 (io:dev1) R 0"
+    assert not iopool._needs_company(clock, now)  # running, but not said to compute
+    clock.computes = True
     assert iopool._needs_company(clock, now)
-    seen["state"] = b"R"
+    states["syscall"] = iopool._FUTEX + b" 0x7f 0x89"
+    assert not iopool._needs_company(clock, now)  # woken to take a lock
+    states["stat"] = b"1 (io:dev1) S 0"
     assert not iopool._needs_company(clock, now)
-    assert iopool._needs_company(clock, now + 0.005)  # the same step, looked at again
-    clock.since = now + 0.004  # the next step
-    assert not iopool._needs_company(clock, now + 0.010)
-    seen["state"] = b""  # waiting for a lock, or asleep
-    assert not iopool._needs_company(clock, now + 0.015)
-    assert iopool._needs_company(clock, now + 0.004 + iopool.STUCK_AFTER)  # stuck, whatever the state
+    assert iopool._needs_company(clock, clock.since + iopool.STUCK_AFTER)  # stuck, whatever the state
     clock.since = now - iopool.LONG_STEP / 2
-    seen["state"] = b"D"
+    states["stat"] = b"1 (io:dev1) D 0"
     assert not iopool._needs_company(clock, now)  # too short to tell
 
 
