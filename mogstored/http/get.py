@@ -20,6 +20,7 @@ from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head, file_head
 from mogstored.http.states import LOOKING, OPENING, SENDING, Connection, FileTransfer
 from mogstored.store.fs import read_cached
+from mogstored.store.iopool import computing
 
 SENDFILE_CHUNK = 1 << 22
 SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
@@ -134,6 +135,8 @@ class GetTransfer(FileTransfer):
 
     def _send(self) -> Next:
         conn = self.conn
+        if self.remaining >= SENDFILE_CHUNK:
+            computing()  # long sendfile calls: another thread may run beside this one
         if conn.out and not conn.flush(more=True):
             return Next.WRITE
         sent = 0

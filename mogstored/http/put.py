@@ -95,8 +95,8 @@ class PutTransfer(FileTransfer):
                     conn.inbuf.clear()
                     conn.pos = 0
             buf = thread_buffer()
-            if self.md5 is not None:
-                computing()  # hashing: another thread may run beside this one
+            if self.md5 is not None or self.remaining >= len(buf):
+                computing()  # hashing, or copies of whole buffers: another thread may run beside this one
             while not self._body_done():
                 want = len(buf) if self.chunks is not None else min(len(buf), self.remaining)
                 try:

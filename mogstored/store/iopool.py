@@ -75,11 +75,12 @@ class Task:
 class IoPool:
     """A FIFO of parked clients and the threads that run their steps.
 
-    Threads start lazily: a submit wakes an idle thread if there is one, or
-    starts the first.  Beyond that a job waits its turn, and the grower
-    (:class:`_Grower`) starts more threads, up to ``limit``, only while every
-    thread of the pool is in a long step that waits for the disk or computes
-    outside the interpreter lock.  A thread idle for IDLE_EXIT seconds
+    Threads start lazily: while no thread runs a job, a submit wakes an idle
+    one or starts the first.  Beyond that a job waits its turn, and the grower
+    (:class:`_Grower`) wakes idle threads, then starts more up to ``limit``,
+    only while every running thread of the pool is in a long step that waits
+    for the disk or computes outside the interpreter lock (threads grown for
+    a slow disk or for digests are not woken for page-cache work later).  A thread idle for IDLE_EXIT seconds
     exits.  So page-cache work keeps one thread, which does not queue for the
     interpreter lock behind others, while a slow or hung disk still gets up to
     ``limit`` requests in flight.  The most recently idle thread is woken first
@@ -95,16 +96,24 @@ class IoPool:
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._idle: list[threading.Lock] = []  # one held lock per waiting thread, released to wake it
+        self._busy = 0  # threads running a job
 
     def submit(self, client: Client | Task) -> None:
         with self._lock:
             self._jobs.append(client)
-            if self._idle:
+            if self._idle and (not self._busy or self._all_compute()):
                 self._idle.pop().release()
             elif not self._threads:
                 self._start_thread()
-            elif len(self._threads) < self.limit:
-                _grower.watch(self)  # more threads only if these wait for the disk
+            elif self._idle or len(self._threads) < self.limit:
+                # A running (or starting) thread takes it next, unless the grower finds
+                # them waiting for the disk: idle threads are woken first, then more started.
+                _grower.watch(self)
+
+    def _all_compute(self) -> bool:
+        """Every running thread is in a step that computes outside the interpreter lock
+        (digests): an idle thread is worth waking at once.  Holding ``_lock``."""
+        return all(c.computes for c in self.stats.clocks if c.since)
 
     def grow(self) -> bool:
         """A thread per queued job (up to ``limit``) if every thread is in a long
@@ -115,16 +124,20 @@ class IoPool:
         extra one costs lock hand-offs; threads help while others wait for a disk
         or compute without the lock."""
         with self._lock:
-            if not self._jobs or len(self._threads) >= self.limit:
+            if not self._jobs or (len(self._threads) >= self.limit and not self._idle):
                 return False
             clocks = list(self.stats.clocks)
             if len(clocks) < len(self._threads):
                 return True  # one is starting: it takes a job
         now = counters.now()
-        if all(c.since and _needs_company(c, now) for c in clocks):
+        busy = [c for c in clocks if c.since]
+        if busy and all(_needs_company(c, now) for c in busy):
             with self._lock:
-                for _ in range(min(len(self._jobs), self.limit - len(self._threads))):
-                    self._start_thread()
+                for _ in range(len(self._jobs)):
+                    if self._idle:
+                        self._idle.pop().release()
+                    elif len(self._threads) < self.limit:
+                        self._start_thread()
         return True
 
     def call(self, fn: Callable[[], None]) -> None:
@@ -175,13 +188,17 @@ class IoPool:
         wake = threading.Lock()
         run = self.run
         set_thread_name(f"io:{self.name}")
+        job: Client | Task | None = None
         while True:
             with lock:
+                if job is not None:
+                    self._busy -= 1
                 if len(self._threads) > self.limit:
                     self._threads.discard(me)
                     return
                 if jobs:
                     job = jobs.popleft()
+                    self._busy += 1
                 else:
                     wake.acquire()
                     self._idle.append(wake)

@@ -227,6 +227,28 @@ def test_disk_waits_count_at_once_running_only_in_a_computing_step(monkeypatch) 
     assert not iopool._needs_company(clock, now)  # too short to tell
 
 
+def test_threads_grown_for_a_hung_disk_are_not_woken_for_page_cache_work(monkeypatch) -> None:
+    """Once the disk is back, a burst of quick steps runs on one thread while the
+    others stay idle (each extra one would only hand the interpreter lock around)."""
+    monkeypatch.setattr(iopool, "STUCK_AFTER", 0.05)
+    queue, pool = _pool(10)
+    gate = threading.Event()
+    pool.call(lambda: gate.wait(10))
+    for _ in range(3):
+        pool.call(lambda: gate.wait(10))
+    _wait(lambda: _pool_threads("test") == 4)
+    gate.set()
+    ran: list[int] = []
+    _wait(lambda: pool.waiting == 0)
+    time.sleep(0.05)  # all four idle
+    for _ in range(200):
+        pool.call(lambda: ran.append(threading.get_ident()))
+    _wait(lambda: len(ran) == 200)
+    assert len(set(ran)) == 1 and _pool_threads("test") == 4
+    pool.stop()
+    queue.stop()
+
+
 def test_a_stuck_thread_gets_company_for_the_jobs_behind_it(monkeypatch) -> None:
     monkeypatch.setattr(iopool, "STUCK_AFTER", 0.05)
     queue, pool = _pool(10)
