@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import socket
 import sys
 import tempfile
@@ -64,6 +65,13 @@ def main() -> int:
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="hotpath-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    try:
+        return run(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, root: Path) -> int:
     (root / "dev1").mkdir()
     (root / "dev1" / "small.fid").write_bytes(os.urandom(4096))
     queue = EventQueue(0)
