@@ -131,17 +131,23 @@ def _hash_until(gate: threading.Event, declare: bool) -> None:
         h.update(block)
 
 
-def test_a_step_hashing_outside_the_interpreter_lock_gets_company(monkeypatch) -> None:
-    """A digest says it computes outside the lock: a second thread runs beside it
-    (no STUCK_AFTER here, the grower must see the thread running)."""
+def _jobs_behind_a_hashing_step(monkeypatch, declare: bool):
+    """A pool whose one thread hashes until ``gate`` is set, with 3 jobs queued
+    behind it (no STUCK_AFTER: only the grower's look at the thread decides)."""
     monkeypatch.setattr(iopool, "STUCK_AFTER", 60.0)
     queue, pool = _pool(10)
     gate = threading.Event()
     done: list[int] = []
-    pool.call(lambda: _hash_until(gate, declare=True))
+    pool.call(lambda: _hash_until(gate, declare))
     _wait(lambda: _pool_threads("test") == 1)
     for i in range(3):
         pool.call(lambda i=i: done.append(i))
+    return queue, pool, gate, done
+
+
+def test_a_step_hashing_outside_the_interpreter_lock_gets_company(monkeypatch) -> None:
+    """A digest says it computes outside the lock: a second thread runs beside it."""
+    queue, pool, gate, done = _jobs_behind_a_hashing_step(monkeypatch, declare=True)
     try:
         _wait(lambda: len(done) == 3)
         assert _pool_threads("test") >= 2
@@ -154,14 +160,7 @@ def test_a_step_hashing_outside_the_interpreter_lock_gets_company(monkeypatch) -
 def test_a_running_step_that_did_not_say_it_computes_gets_no_company(monkeypatch) -> None:
     """Running outside the lock is also what a page-cache PUT does between short system
     calls, where more threads only add lock hand-offs: the jobs behind it wait."""
-    monkeypatch.setattr(iopool, "STUCK_AFTER", 60.0)
-    queue, pool = _pool(10)
-    gate = threading.Event()
-    done: list[int] = []
-    pool.call(lambda: _hash_until(gate, declare=False))
-    _wait(lambda: _pool_threads("test") == 1)
-    for i in range(3):
-        pool.call(lambda i=i: done.append(i))
+    queue, pool, gate, done = _jobs_behind_a_hashing_step(monkeypatch, declare=False)
     try:
         time.sleep(0.3)  # 60 looks of the grower
         assert done == [] and _pool_threads("test") == 1
