@@ -29,7 +29,8 @@ GROW_CHECK = 0.005  # seconds between the grower's looks while jobs wait behind 
 # A busy thread is worth company once its step has run LONG_STEP and, looked at
 # by the grower (which holds the interpreter lock), it sleeps in the kernel for the
 # disk (state D), or it runs (R, not in futex()) in a step that said it computes
-# outside the lock (computing(): digests).  Other running steps (page-cache reads
+# outside the lock (computing(): digests, copies of whole 1 MiB buffers, long
+# sendfile calls).  Other running steps (page-cache reads
 # and writes between short system calls) are not: more threads for them only add
 # lock hand-offs.  Any step running STUCK_AFTER counts, whatever its state.
 LONG_STEP = 0.001
@@ -80,8 +81,8 @@ class IoPool:
     (:class:`_Grower`) wakes idle threads, then starts more up to ``limit``,
     only while every running thread of the pool is in a long step that waits
     for the disk or computes outside the interpreter lock (threads grown for
-    a slow disk or for digests are not woken for page-cache work later).  A thread idle for IDLE_EXIT seconds
-    exits.  So page-cache work keeps one thread, which does not queue for the
+    a slow disk or for digests are not woken for page-cache work later).  A
+    thread idle for IDLE_EXIT seconds exits.  So page-cache work keeps one thread, which does not queue for the
     interpreter lock behind others, while a slow or hung disk still gets up to
     ``limit`` requests in flight.  The most recently idle thread is woken first
     (its stack is warm).
@@ -116,9 +117,10 @@ class IoPool:
         return all(c.computes for c in self.stats.clocks if c.since)
 
     def grow(self) -> bool:
-        """A thread per queued job (up to ``limit``) if every thread is in a long
-        step outside the interpreter lock (:data:`LONG_STEP`); True while jobs still
-        wait behind busy threads (look again).
+        """Wake an idle thread, or start one up to ``limit``, per queued job if every
+        running thread is in a long step outside the interpreter lock
+        (:func:`_needs_company`); True while jobs still wait behind busy threads
+        (look again).
 
         Under the interpreter lock, threads that run Python only take turns, and each
         extra one costs lock hand-offs; threads help while others wait for a disk
