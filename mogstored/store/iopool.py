@@ -76,8 +76,8 @@ class Task:
 class IoPool:
     """A FIFO of parked clients and the threads that run their steps.
 
-    Threads start lazily: while no thread runs a job, a submit wakes an idle
-    one or starts the first.  Beyond that a job waits its turn, and the grower
+    Threads start lazily: while no thread runs a job (or all running ones
+    compute or are stuck), a submit wakes an idle one or starts the first.  Beyond that a job waits its turn, and the grower
     (:class:`_Grower`) wakes idle threads, then starts more up to ``limit``,
     only while every running thread of the pool is in a long step that waits
     for the disk or computes outside the interpreter lock (threads grown for
@@ -102,7 +102,7 @@ class IoPool:
     def submit(self, client: Client | Task) -> None:
         with self._lock:
             self._jobs.append(client)
-            if self._idle and (not self._busy or self._all_compute()):
+            if self._idle and (not self._busy or self._running_ones_want_company()):
                 self._idle.pop().release()
             elif not self._threads:
                 self._start_thread()
@@ -111,10 +111,12 @@ class IoPool:
                 # them waiting for the disk: idle threads are woken first, then more started.
                 _grower.watch(self)
 
-    def _all_compute(self) -> bool:
-        """Every running thread is in a step that computes outside the interpreter lock
-        (digests): an idle thread is worth waking at once.  Holding ``_lock``."""
-        return all(c.computes for c in self.stats.clocks if c.since)
+    def _running_ones_want_company(self) -> bool:
+        """Every running thread computes outside the interpreter lock (digests) or is
+        stuck (a long sweep, a hung disk): an idle thread is worth waking at once,
+        without waiting for the grower's look.  Holding ``_lock``."""
+        stuck = counters.now() - STUCK_AFTER
+        return all(c.computes or c.since <= stuck for c in self.stats.clocks if c.since)
 
     def grow(self) -> bool:
         """Wake an idle thread, or start one up to ``limit``, per queued job if every

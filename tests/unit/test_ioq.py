@@ -248,6 +248,25 @@ def test_threads_grown_for_a_hung_disk_are_not_woken_for_page_cache_work(monkeyp
     queue.stop()
 
 
+def test_a_submit_wakes_an_idle_thread_at_once_behind_stuck_or_computing_steps() -> None:
+    """Without waiting for the grower's look: behind a long sweep, a hung disk or a
+    digest, an idle thread is woken by the submit itself; behind a quick step, not."""
+    queue, pool = _pool(10)
+    running = counters.CallClock()
+    pool.stats.clocks.append(running)
+    with pool._lock:
+        running.since = counters.now()
+        assert not pool._running_ones_want_company()  # a quick step: it takes the job next
+        running.computes = True
+        assert pool._running_ones_want_company()
+        running.computes = False
+        running.since = counters.now() - iopool.STUCK_AFTER
+        assert pool._running_ones_want_company()
+    pool.stats.clocks.remove(running)
+    pool.stop()
+    queue.stop()
+
+
 def test_a_stuck_thread_gets_company_for_the_jobs_behind_it(monkeypatch) -> None:
     monkeypatch.setattr(iopool, "STUCK_AFTER", 0.05)
     queue, pool = _pool(10)
