@@ -85,8 +85,9 @@ def test_upgrade_then_quit_old_leaves_new_serving(node: Daemon) -> None:
 def test_new_process_dies_old_takes_back_pidfile(node: Daemon, sig: int) -> None:
     new = upgrade(node)
     os.kill(new, sig)
-    wait_for(lambda: read_pid(node.root / "pid") == node.pid, 15, "the pidfile back")
-    assert not (node.root / "pid.oldbin").exists()
+    # The pidfile is rewritten, then .oldbin unlinked (§1.6 step 6): wait for both.
+    wait_for(lambda: read_pid(node.root / "pid") == node.pid and not (node.root / "pid.oldbin").exists(),
+             15, "the pidfile back and no .oldbin")
     assert not alive(new)  # reaped at once
     assert f"upgrade PID:{new} exited with status=" in node.stderr()
     assert usage_status(node.http_port) == 200
