@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import Daemon, fake_iostat
+from conftest import Daemon, fake_iostat, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from mogstored.store.devices import read_mounts  # noqa: E402
@@ -122,6 +122,9 @@ def test_iostat_restarted_when_it_exits(tmp_path: Path) -> None:
 def test_iostat_missing(tmp_path: Path) -> None:
     d = Daemon(tmp_path, devices=(1,), env={"MOG_IOSTAT_CMD": "/nonexistent/iostat -dx 1 30"})
     try:
+        # Until its shell has failed, iostat counts as running: subscribe after that.
+        wait_for(lambda: re.search(r"iostat done \(pid=\d+, status=127\), will retry in 10s", d.stderr()),
+                 10, "the failed iostat")
         s = watcher(d)
         s.settimeout(1.5)
         try:
@@ -130,9 +133,7 @@ def test_iostat_missing(tmp_path: Path) -> None:
             data = None
         assert data is None  # subscription accepted; no ERR line, nothing until iostat works
         assert d.mgmt_cmd(b"size /dev1\r\n").startswith(b"/dev1 ")
-        log = d.stderr()
-        assert "iostat(1) not available/running" in log
-        assert re.search(r"iostat done \(pid=\d+, status=127\), will retry in 10s", log)
+        assert "iostat(1) not available/running" in d.stderr()
         s.close()
     finally:
         d.kill()
