@@ -103,6 +103,8 @@ def test_stale_pidfile_is_replaced(tmp_path: Path) -> None:
     pidfile.write_text("999999999\n")
     d = Daemon(tmp_path, args=(f"--pidfile={pidfile}",))
     try:
+        # Listeners are bound before the pidfile is written; once answered, it is (§1.5).
+        assert d.mgmt_cmd(b"size /dev1\r\n").startswith(b"/dev1 ")
         assert pidfile.read_text() == f"{d.pid}\n"
         assert d.stop() == 0
         assert not pidfile.exists()
