@@ -90,10 +90,11 @@ class PoolStats:
         starts = [s for s in [c.since for c in list(self.clocks)] if s]
         return len(starts), (at - min(starts)) if starts else 0.0
 
-    def io_error(self, err: int | None) -> None:
-        """A disk call failed with ``err`` (ignored if the request itself caused it)."""
+    def io_error(self, err: int | None) -> bool:
+        """A disk call failed with ``err``: counted, and True, unless the request itself caused it."""
         if err is None or err in _NOT_DISK:
-            return
+            return False
         name = errno.errorcode.get(err, str(err))
         with _errors_lock:
             self.errors[name] = self.errors.get(name, 0) + 1
+        return True

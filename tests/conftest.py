@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 HOST = "127.0.0.1"
 # Every daemon these tests start (``python -m mogstored`` from a temporary
@@ -295,6 +296,26 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self._stderr.close()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    """Every sample of one scrape of a ``--metricslisten`` port, parsed by prometheus_client."""
+    with HttpConn(socket.create_connection((HOST, port), timeout=10)) as conn:
+        resp = conn.request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.status == 200, resp.head
+    assert resp.header("Content-Type") == b"text/plain; version=0.0.4"
+    samples: Samples = {}
+    for family in text_string_to_metric_families(resp.body.decode()):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
 
 
 # What the event core logs when a step raised: always a bug, whatever the test checks.

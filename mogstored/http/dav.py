@@ -48,7 +48,7 @@ class DeleteTransfer:
             if conn.svc.durable:
                 sync_dir(dirfd)
         except OSError as e:
-            conn.pool.stats.io_error(e.errno)
+            conn.pool.disk_error(e, f"DELETE /{self.rel}")
             return conn.answer(error_head(status_for(e.errno, Op.DELETE), self.keepalive))
         finally:
             if dirfd >= 0:

@@ -29,6 +29,7 @@ INLINE_MAX = 64 << 10  # a cached body this small goes out with its head, read o
 # O_NONBLOCK: a FIFO below devN must not block an I/O thread in open() (it is then 403).
 _GET_FLAGS = os.O_RDONLY | os.O_NONBLOCK
 _noatime = os.O_NOATIME
+_PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ETIMEDOUT)  # sendfile's socket side
 
 
 class GetTransfer(FileTransfer):
@@ -77,7 +78,7 @@ class GetTransfer(FileTransfer):
                 self.file = svc.process.retry_open(self._open_file)
                 st = os.fstat(self.file)
         except OSError as e:
-            conn.pool.stats.io_error(e.errno)
+            conn.pool.disk_error(e, f"{req.method} {req.path}: open")
             return conn.answer(error_head(status_for(e.errno, Op.READ), req.keepalive))
         return self._respond(st, cached=False)
 
@@ -145,7 +146,9 @@ class GetTransfer(FileTransfer):
                 n = os.sendfile(conn.fd, self.file, self.offset, min(self.remaining, SENDFILE_CHUNK))
             except BlockingIOError:
                 return Next.WRITE
-            except OSError:
+            except OSError as e:
+                if e.errno not in _PEER_GONE:  # the file's read failed: close short of Content-Length
+                    conn.pool.disk_error(e, f"sendfile() of {self.req.path} at offset={self.offset}")
                 return Next.CLOSE
             if n == 0:
                 log.error(f"sendfile()-d 0 bytes at offset={self.offset}; file truncated?")

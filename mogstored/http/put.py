@@ -194,6 +194,8 @@ class PutTransfer(FileTransfer):
         except OSError as e:
             conn.pool.stats.io_error(e.errno)
             log.error(f"committing {req.path} failed: {e.strerror}")
+            if isinstance(e, atomic.Unsynced):
+                self.tmpname = None  # renamed into place already: nothing left to unlink
             self._discard_tmp()
             return conn.fail(500)
         self.tmpname = None

@@ -221,7 +221,7 @@ class MgmtConnection:
         try:
             size = self.svc.docroot.stat(resolve_path(path)).st_size
         except OSError as e:
-            self.pool.stats.io_error(e.errno)
+            self.pool.disk_error(e, f"size {path}")
             size = -1
         return self._done(size_reply(path, size))
 
@@ -232,7 +232,7 @@ class MgmtConnection:
             # O_NONBLOCK: opening a FIFO must not hang a pool thread (regular files ignore it).
             file = self.svc.docroot.open(resolve_path(cmd.path), os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
-            self.pool.stats.io_error(e.errno)
+            self.pool.disk_error(e, f"{cmd.alg} {cmd.path}: open")
             return self._done(digest_reply(cmd.path, cmd.alg, None))
         self.digest = _Digest(cmd, file)
         self.state = DIGESTING
@@ -261,7 +261,7 @@ class MgmtConnection:
             try:
                 n = os.readv(digest.file, [buf])
             except OSError as e:
-                self.pool.stats.io_error(e.errno)
+                self.pool.disk_error(e, f"{digest.cmd.alg} {digest.cmd.path}: read at {digest.offset}")
                 return self._done(read_error_reply(digest.cmd.path, digest.offset))
             if n == 0:
                 return self._done(digest_reply(digest.cmd.path, digest.cmd.alg, digest.hasher.hexdigest()))

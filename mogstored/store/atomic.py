@@ -47,6 +47,11 @@ _use_tmpfile = os.environ.get("MOG_NO_TMPFILE", "") in ("", "0")
 _TMPFILE_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR)  # the filesystem, the kernel
 
 
+class Unsynced(OSError):
+    """The file has its name, but the ``fsync`` of its directory failed: the name may
+    not survive a power cut, and the temp name (if any) is gone."""
+
+
 def _tmp_name(name: str) -> str:
     return f"{name}.{next(_serial) & 0xFFFFFFFF:08x}.{_pid}.tmp"  # a clash (O_EXCL, EEXIST) takes the next
 
@@ -74,7 +79,8 @@ def commit(fd: int, tmpname: str | None, dirfd: int, name: str, durable: bool,
            in_place: bool = False, replacing: bool = False) -> None:
     """Give the complete file ``fd`` the name ``name`` in ``dirfd``, replacing
     any old file atomically.  On failure the old file is untouched and no new
-    name remains (the caller still discards a named ``tmpname``).  ``in_place``
+    name remains (the caller still discards a named ``tmpname``), except for
+    :class:`Unsynced`: named, not synced.  ``in_place``
     (a Content-Range PUT, written into ``name`` itself) only syncs; ``replacing``:
     ``name`` existed when the PUT began (a hint, saves a failing link)."""
     if durable:
@@ -86,7 +92,10 @@ def commit(fd: int, tmpname: str | None, dirfd: int, name: str, durable: bool,
     else:
         os.rename(tmpname, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
     if durable:
-        sync_dir(dirfd)
+        try:
+            sync_dir(dirfd)
+        except OSError as e:
+            raise Unsynced(e.errno, e.strerror, name) from e
 
 
 def _link_unnamed(fd: int, dirfd: int, name: str, replacing: bool) -> None:

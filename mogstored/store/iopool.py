@@ -9,6 +9,7 @@ devices keep their threads, and no epoll worker ever waits for a disk.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import threading
 import time
@@ -98,6 +99,13 @@ class IoPool:
         self._threads: set[threading.Thread] = set()
         self._idle: list[threading.Lock] = []  # one held lock per waiting thread, released to wake it
         self._busy = 0  # threads running a job
+
+    def disk_error(self, e: OSError, what: str) -> None:
+        """``what`` failed with ``e``: counted and logged once if the disk failed, not the
+        request (a missing file, a symlink: ENOENT, ELOOP, ... are neither)."""
+        if self.stats.io_error(e.errno):
+            name = errno.errorcode.get(e.errno or 0, str(e.errno))
+            log.error(f"{self.stats.device}: {what} failed: {e.strerror} ({name})")
 
     def submit(self, client: Client | Task) -> None:
         with self._lock:

@@ -11,13 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import HOST, Daemon, HttpConn, children, fake_iostat, free_port, read_lines, wait_for, wait_port
+from conftest import (HOST, Daemon, HttpConn, Samples, children, fake_iostat, free_port, read_lines, scrape, value,
+                      wait_for, wait_port)
 
 from mogstored import __version__
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def metrics_daemon(tmp_path: Path, *args: str, **kwargs) -> tuple[Daemon, int]:
@@ -31,23 +29,6 @@ def raw(port: int, request: bytes) -> HttpConn:
     conn = HttpConn(socket.create_connection((HOST, port), timeout=10))
     conn.send(request)
     return conn
-
-
-def scrape(port: int) -> Samples:
-    """Every sample of one scrape, parsed by prometheus_client."""
-    with raw(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") as conn:
-        resp = conn.response()
-    assert resp.status == 200, resp.head
-    assert resp.header("Content-Type") == b"text/plain; version=0.0.4"
-    samples: Samples = {}
-    for family in text_string_to_metric_families(resp.body.decode()):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
 
 
 def drive_traffic(d: Daemon, gets: int, misses: int, puts: int) -> None:
