@@ -106,7 +106,10 @@ class FaultFS(fuse.Operations):
         return 0
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        os.utime(self._real(path), ns=times, follow_symlinks=False)
+        if times is None:
+            os.utime(self._real(path), follow_symlinks=False)
+        else:
+            os.utime(self._real(path), ns=times, follow_symlinks=False)
         return 0
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:

@@ -78,7 +78,7 @@ class GetTransfer(FileTransfer):
                 self.file = svc.process.retry_open(self._open_file)
                 st = os.fstat(self.file)
         except OSError as e:
-            conn.pool.disk_error(e, f"{req.method} {req.path}: open")
+            conn.pool.disk_error(e, f"{req.method} {req.path}")
             return conn.answer(error_head(status_for(e.errno, Op.READ), req.keepalive))
         return self._respond(st, cached=False)
 
@@ -148,7 +148,7 @@ class GetTransfer(FileTransfer):
                 return Next.WRITE
             except OSError as e:
                 if e.errno not in _PEER_GONE:  # the file's read failed: close short of Content-Length
-                    conn.pool.disk_error(e, f"sendfile() of {self.req.path} at offset={self.offset}")
+                    conn.pool.disk_error(e, f"GET {self.req.path}: sendfile() at offset={self.offset}")
                 return Next.CLOSE
             if n == 0:
                 log.error(f"sendfile()-d 0 bytes at offset={self.offset}; file truncated?")

@@ -19,7 +19,7 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -42,7 +42,8 @@ def _fuse_missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_fuse_missing() is not None, reason=_fuse_missing() or "")
+_MISSING = _fuse_missing()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
 
 
 class FaultFS:
@@ -83,9 +84,9 @@ class FaultFS:
         return self._call({"cmd": "fired"})
 
     def stop(self) -> None:
-        if os.path.ismount(self.mountpoint):
-            if subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True).returncode:
-                subprocess.run(["umount", "-l", str(self.mountpoint)], check=True)
+        if (os.path.ismount(self.mountpoint)
+                and subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True).returncode):
+            subprocess.run(["umount", "-l", str(self.mountpoint)], check=True)
         try:
             self.proc.wait(10)  # its main loop ends with the mount
         except subprocess.TimeoutExpired:
@@ -104,7 +105,6 @@ class Node:
     dev3: Path
     mark: int = 0  # stderr read so far
     fds: int = 0  # descriptors when idle
-    extra: list[str] = field(default_factory=list)
 
     def log(self) -> str:
         """What the daemon logged since the test began."""
@@ -296,6 +296,24 @@ def test_put_mkdir_error_is_500_and_creates_nothing(faults: Node) -> None:
     logged_once(faults.log(), "/dev2/new/m.fid", 5)
 
 
+def test_content_range_put_write_error_keeps_what_was_written(faults: Node) -> None:
+    """A Content-Range PUT writes into the target itself (§3.6.4): what was written stays."""
+    target = faults.backing / "cr.fid"
+    target.write_bytes(b"o" * 400_000)
+    body = os.urandom(300_000)
+    before = faults.errors("EIO")
+    faults.fs.set({"op": "write", "path": "/cr.fid", "errno": "EIO", "after": 128 << 10})
+    with faults.d.conn() as c:
+        resp = c.request(b"PUT /dev2/cr.fid HTTP/1.1\r\nHost: x\r\nContent-Range: bytes 0-%d/*\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body) - 1, len(body), body))
+        assert resp.status == 500 and c.at_eof()
+    first = min(f["offset"] for f in fired(faults, "write", "EIO"))
+    data = target.read_bytes()
+    assert data[:first] == body[:first] and data[128 << 10:] == b"o" * (400_000 - (128 << 10))
+    assert faults.errors("EIO") == before + 1
+    logged_once(faults.log(), "/dev2/cr.fid", 5)
+
+
 # -- DELETE ------------------------------------------------------------------------------
 def test_delete_unlink_error_is_500_keeps_the_file_and_the_connection(faults: Node) -> None:
     (faults.backing / "del.fid").write_bytes(b"keep")
@@ -445,6 +463,17 @@ def test_durable_directory_fsync_error_is_500_after_the_rename(durable_faults: N
     log = n.log()
     logged_once(log, "/dev2/dur/g.fid", 5)
     assert "Failed to unlink" not in log, log  # the rename consumed the temp name
+
+
+def test_durable_fsync_of_a_new_directory_error_is_500_and_names_no_file(durable_faults: Node) -> None:
+    n = durable_faults
+    before = n.errors("EIO")
+    n.fs.set({"op": "fsyncdir", "path": "/dur", "errno": "EIO"})  # the parent of the new directory
+    assert put(n, b"/dev2/dur/newdir/f.fid", b"new") == 500
+    assert (n.backing / "dur" / "newdir").is_dir() and not list((n.backing / "dur" / "newdir").iterdir())
+    fired(n, "fsyncdir", "EIO")
+    assert n.errors("EIO") == before + 1
+    logged_once(n.log(), "/dev2/dur/newdir/f.fid", 5)
 
 
 def test_durable_delete_directory_fsync_error_is_500_after_the_unlink(durable_faults: Node) -> None:

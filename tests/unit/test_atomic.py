@@ -2,6 +2,7 @@
 the real filesystem under the test's temp dir."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Iterator
@@ -108,3 +109,80 @@ def test_replace_file_over_a_directory_fails_and_leaves_no_temp(tmp_path: Path) 
 def test_replace_file_missing_dir(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic.replace_file(str(tmp_path / "gone"), "usage", USAGE, 0o644)
+
+
+# -- the O_TMPFILE commit's failures, at the calls it makes (FUSE, the disk-error tests'
+# failing filesystem, refuses O_TMPFILE, so they are faulted here) -----------------------
+def failing(monkeypatch: pytest.MonkeyPatch, call: str, after: int = 0) -> list[tuple]:
+    """Make ``os.<call>`` raise EIO from its ``after``-th call on; returns the calls made."""
+    real = getattr(os, call)
+    calls: list[tuple] = []
+
+    def fake(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        if len(calls) > after:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, call, fake)
+    return calls
+
+
+@pytest.mark.parametrize("old, replacing", [(None, False), (b"old", True), (b"old", False)],
+                         ids=["new name", "replacing", "replacing, not known"])
+def test_unnamed_commit_link_failure_names_nothing(tmp_path: Path, dirfd: int, monkeypatch: pytest.MonkeyPatch,
+                                                   old: bytes | None, replacing: bool) -> None:
+    if old is not None:
+        (tmp_path / "a.fid").write_bytes(old)
+    fd, tmp = write_new(dirfd, "a.fid", b"new")
+    assert tmp is None  # O_TMPFILE
+    calls = failing(monkeypatch, "link", after=0 if replacing or old is None else 1)
+    try:
+        with pytest.raises(OSError) as e:
+            atomic.commit(fd, tmp, dirfd, "a.fid", durable=False, replacing=replacing)
+    finally:
+        os.close(fd)
+    assert e.value.errno == errno.EIO and calls and calls[0][0].startswith("/proc/self/fd/")
+    assert os.listdir(tmp_path) == ([] if old is None else ["a.fid"])
+    if old is not None:
+        assert (tmp_path / "a.fid").read_bytes() == old
+
+
+def test_unnamed_commit_rename_failure_keeps_the_old_file_and_drops_the_temp_link(
+        tmp_path: Path, dirfd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.fid").write_bytes(b"old")
+    fd, tmp = write_new(dirfd, "a.fid", b"new")
+    calls = failing(monkeypatch, "rename")
+    try:
+        with pytest.raises(OSError):
+            atomic.commit(fd, tmp, dirfd, "a.fid", durable=False, replacing=True)
+    finally:
+        os.close(fd)
+    assert len(calls) == 1 and atomic._TMP_NAME.match(calls[0][0])  # the temp link, renamed over a.fid
+    assert os.listdir(tmp_path) == ["a.fid"] and (tmp_path / "a.fid").read_bytes() == b"old"
+
+
+def test_durable_commit_fdatasync_failure_names_nothing(tmp_path: Path, dirfd: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    fd, tmp = write_new(dirfd, "a.fid", b"new")
+    failing(monkeypatch, "fdatasync")
+    link = failing(monkeypatch, "link", after=1)
+    try:
+        with pytest.raises(OSError):
+            atomic.commit(fd, tmp, dirfd, "a.fid", durable=True)
+    finally:
+        os.close(fd)
+    assert not link and os.listdir(tmp_path) == []
+
+
+def test_durable_commit_directory_fsync_failure_is_unsynced_and_named(tmp_path: Path, dirfd: int,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller learns that the name exists (nothing left to discard)."""
+    fd, tmp = write_new(dirfd, "a.fid", b"new")
+    failing(monkeypatch, "fsync")
+    try:
+        with pytest.raises(atomic.Unsynced):
+            atomic.commit(fd, tmp, dirfd, "a.fid", durable=True)
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path) == ["a.fid"] and (tmp_path / "a.fid").read_bytes() == b"new"
