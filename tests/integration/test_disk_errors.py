@@ -176,9 +176,9 @@ def settle_fds(n: Node) -> None:
     n.fds = open_fds(n.d.pid)
 
 
-@pytest.fixture
-def faults(node: Node) -> Iterator[Node]:
-    """The module's node with no fault set; afterwards it must be whole again."""
+@contextlib.contextmanager
+def no_faults_then_whole(node: Node) -> Iterator[Node]:
+    """``node`` with no fault set; afterwards, faults cleared, it must be whole again."""
     node.fs.clear()
     node.mark = node.d.stderr_path.stat().st_size
     try:
@@ -187,6 +187,12 @@ def faults(node: Node) -> Iterator[Node]:
         node.fs.clear()
     settle(node)
     assert not client_failures(node.log())
+
+
+@pytest.fixture
+def faults(node: Node) -> Iterator[Node]:
+    with no_faults_then_whole(node) as n:
+        yield n
 
 
 def logged_once(log: str, path: str, err: int) -> None:
@@ -419,14 +425,8 @@ def durable(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 
 @pytest.fixture
 def durable_faults(durable: Node) -> Iterator[Node]:
-    durable.fs.clear()
-    durable.mark = durable.d.stderr_path.stat().st_size
-    try:
-        yield durable
-    finally:
-        durable.fs.clear()
-    settle(durable)
-    assert not client_failures(durable.log())
+    with no_faults_then_whole(durable) as n:
+        yield n
 
 
 def put(node: Node, path: bytes, body: bytes) -> int:
