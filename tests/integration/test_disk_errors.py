@@ -240,6 +240,10 @@ def test_get_fstat_error_after_a_good_open_is_500(faults: Node) -> None:
 
 @pytest.mark.parametrize("size, after", [(4000, 0), (3 << 20, 1 << 20)], ids=["small", "large"])
 def test_get_read_error_part_way_closes_before_content_length(faults: Node, size: int, after: int) -> None:
+    """A small body is read on the event thread only from the page cache (RWF_NOWAIT,
+    which FUSE refuses: EOPNOTSUPP), after a lookup from the dentry cache (none here:
+    entry_timeout=0); a failing read there is only a miss, and the pool's sendfile
+    reads it, as it does a large body.  So both sizes end in the pool's sendfile."""
     body = os.urandom(size)
     (faults.backing / "r.fid").write_bytes(body)
     before = faults.errors("EIO")
