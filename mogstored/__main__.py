@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as e:
         sys.stderr.write("".join(f"{argv0}: {line}\n" for line in str(e).splitlines()))
         return 1
+    if opts.test_config:  # parsed, paths resolved, listen addresses well-formed; nothing bound
+        sys.stdout.write("configuration ok\n")
+        return 0
     log.open_syslog()
     raise_nofile(opts.maxconns)
     try:
