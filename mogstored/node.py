@@ -155,13 +155,27 @@ class ServiceContext:
         self.fsck = fsck
         self.process = process
         self.watchers = Watchers()
-        self.has_usage = service.mgmtlisten is not None  # §2.3.3: no sidechannel, no usage
-        self.durable = service.durable
-        self.mountcheck = service.mountcheck
         self._docroot_dev = os.stat(self.docroot.fd).st_dev
         self._logged_unmounted: set[int] = set()
         self.devices: dict[int, Device] = {}
         self._mounts: dict[int, devices.Mount] = {}
+        self.mountcheck = service.mountcheck
+        self.configure(service)
+
+    def configure(self, service: Service) -> None:
+        """The service's settings, at start and at a reload (main thread); each
+        request reads them as it comes."""
+        self.has_usage = service.mgmtlisten is not None  # §2.3.3: no sidechannel, no usage
+        self.durable = service.durable
+        if service.mountcheck == self.mountcheck:
+            return
+        self.mountcheck = service.mountcheck
+        for dev in self.devices.values():
+            dev.mounted = not _unmounted(self.mountcheck, dev.st_dev, self._docroot_dev)
+            self._log_mount_state(dev)
+            if not dev.mounted:  # the usage it had would invite writes
+                dev.usage = None
+                dev.pool.call(functools.partial(self._remove_usage, dev))
 
     # -- discovery (main thread) -------------------------------------------
     def scan(self) -> None:
@@ -210,6 +224,22 @@ class ServiceContext:
             atomic.sweep(fd, f"dev{dev.devid}")
         finally:
             os.close(fd)
+        if not dev.mounted:  # a usage file written before mountcheck was on
+            self._remove_usage(dev)
+
+    def _remove_usage(self, dev: Device) -> None:
+        """An unmounted device advertises no usage: a usage file written on the
+        docroot's own filesystem goes (device pool)."""
+        try:
+            fd, name = self.docroot.open_parent(f"dev{dev.devid}/usage")
+            try:
+                os.unlink(name, dir_fd=fd)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error(f"unlink({dev.path}/usage): {e.strerror}")
 
     def usage_pass(self, now: bool = False) -> None:
         """Refresh and write every usage file, each in its device's pool; or
