@@ -21,6 +21,7 @@ from conftest import (
     children,
     client_failures,
     free_port,
+    mounted,
     read_all,
     wait_for,
 )
@@ -52,20 +53,25 @@ def refused(port: int) -> bool:
 class Node:
     """mogstored started on a config file (no listener on its command line)."""
 
-    def __init__(self, root: Path, conf: str, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: Path, conf: str, args: tuple[str, ...] = (), wrap: tuple[str, ...] = (),
+                 exec_wrap: tuple[str, ...] = ()) -> None:
+        """``wrap``: a command the daemon runs as a child of (strace ... --);
+        ``exec_wrap``: one that becomes the daemon (prlimit ... --)."""
         self.root = root
         self.docroot = root / "docroot"
-        (self.docroot / "dev1").mkdir(parents=True)
+        (self.docroot / "dev1").mkdir(parents=True, exist_ok=True)
         self.conf = root / "mogstored.conf"
         self.http, self.mgmt, self.other = free_port(), free_port(), free_port()
         self.write(conf)
         self.stderr_path = root / "stderr.log"
         with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "mogstored", f"--config={self.conf}", *args],
+            self.proc = subprocess.Popen([*wrap, *exec_wrap, sys.executable, "-m", "mogstored",
+                                          f"--config={self.conf}", *args],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                          env=dict(os.environ, **QUIET_IOSTAT), cwd=root)
         wait_for(lambda: self.proc.poll() is not None or not refused(self.http), what="the HTTP port")
         assert self.proc.poll() is None, self.stderr()
+        self.pid = children(self.proc.pid)[0] if wrap else self.proc.pid
 
     def write(self, conf: str) -> None:
         self.conf.write_text(conf.format(docroot=self.docroot, http=self.http, mgmt=self.mgmt,
@@ -79,7 +85,7 @@ class Node:
         if conf is not None:
             self.write(conf)
         before = self.stderr().count("reloaded: ") + self.stderr().count("reload failed")
-        self.proc.send_signal(signal.SIGHUP)
+        os.kill(self.pid, signal.SIGHUP)
         wait_for(lambda: self.stderr().count("reloaded: ") + self.stderr().count("reload failed") > before,
                  what="the reload")
 
@@ -270,3 +276,63 @@ def test_workers_are_replaced_and_counters_carried(tmp_path: Path) -> None:
         n.proc.wait(15)
         for pid in workers:
             wait_for(lambda pid=pid: not alive(pid), 15, f"worker {pid} to exit")
+
+
+def limits(pid: int) -> int:
+    """The soft RLIMIT_NOFILE of a process."""
+    with open(f"/proc/{pid}/limits") as f:
+        return int(next(line for line in f if line.startswith("Max open files")).split()[3])
+
+
+def test_maxconns_raises_the_descriptor_limit(tmp_path: Path) -> None:
+    """maxconns only ever raises the limit (§1.1.2): 1000 leaves the 1024 we start with."""
+    conf = BASE + "maxconns = {maxconns}\n"
+    n = Node(tmp_path, conf.replace("{maxconns}", "1000"), exec_wrap=("prlimit", "--nofile=1024:8192", "--"))
+    try:
+        assert limits(n.pid) == 1024
+        n.reload(conf.replace("{maxconns}", "3000"))
+        assert limits(n.pid) == 3000
+        n.reload(conf.replace("{maxconns}", "2000"))  # never lowered
+        assert limits(n.pid) == 3000
+    finally:
+        n.proc.send_signal(signal.SIGQUIT)
+        n.proc.wait(15)
+
+
+def test_durable_applies_live(tmp_path: Path) -> None:
+    """fdatasync (strace) only once a reload turned durable on."""
+    log = tmp_path / "strace.log"
+    n = Node(tmp_path, BASE, wrap=("strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=fdatasync", "-o", str(log),
+                                   "--"))
+    try:
+        assert put(n.http, "/dev1/a", b"before") == 201
+        assert "fdatasync" not in log.read_text()
+        n.reload(BASE + "durable = 1\n")
+        assert put(n.http, "/dev1/b", b"after") == 201
+        wait_for(lambda: "fdatasync" in log.read_text(), what="fdatasync traced")
+    finally:
+        os.kill(n.pid, signal.SIGQUIT)
+        n.proc.wait(30)  # strace exits once the traced daemon has
+
+
+def test_stallseconds_applies_live(node: Node, tmp_path: Path) -> None:
+    """A frozen disk is reported stalled after the reloaded 1 s, not the 600 s the node started with."""
+    node.reload(BASE + "stallseconds = 600\n")
+    with mounted(node.docroot / "dev2", "ext4", tmp_path, size_mb=16) as dev2:
+        old = children(node.proc.pid)
+        node.reload(BASE + "stallseconds = 1\n")
+        if node.nworkers:  # type: ignore[attr-defined]
+            wait_for(lambda: workers_replaced(node, old), 15, "the workers replaced")
+        wait_for(lambda: get(node.http, "/dev2/usage") == 200, what="dev2 found")  # it has its pool
+        subprocess.run(["fsfreeze", "-f", str(dev2)], check=True)
+        result: list[int] = []
+        try:
+            t = threading.Thread(target=lambda: result.append(put(node.http, "/dev2/frozen", b"w" * 65536)))
+            t.start()
+            wait_for(lambda: "device dev2 stalled" in node.stderr(), what="dev2 stalled")
+            assert "(stallseconds=1)" in node.stderr()
+        finally:
+            subprocess.run(["fsfreeze", "-u", str(dev2)], check=True)
+        t.join(30)
+        assert result == [201]
+        wait_for(lambda: "device dev2 no longer stalled" in node.stderr(), what="dev2 no longer stalled")
