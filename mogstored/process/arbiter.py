@@ -29,7 +29,7 @@ from mogstored.metrics.board import MetricsBoard
 from mogstored.node import write_usage_now
 from mogstored.process.board import LoadBoard
 from mogstored.process.listening import Listener
-from mogstored.process.reload import Reload
+from mogstored.process.reload import Reload, Reloaded
 from mogstored.process.server import serve
 from mogstored.process.signals import (
     LIFECYCLE_SIGNALS,
@@ -96,7 +96,7 @@ class Arbiter:
         elif sig == UPGRADE_SIGNAL and not self.quitting:
             self.upgrade.start()
         elif sig == RELOAD_SIGNAL and not self.quitting and self.reload is not None:
-            self.replace_workers(self.reload)
+            self.reload.run(self.listeners, self.replace_workers)
         # SIGCHLD: reaped right after; USR1, WINCH: no-ops, as in cmogstored
 
     def _timeout(self) -> float | None:
@@ -107,11 +107,8 @@ class Arbiter:
         return None
 
     # -- workers -------------------------------------------------------------
-    def replace_workers(self, reload: Reload) -> None:
+    def replace_workers(self, new: Reloaded) -> None:
         """SIGHUP: new workers on the configuration read again; the old ones quit."""
-        new = reload.load(self.listeners)
-        if new is None:
-            return
         self.listeners = new.listeners
         self.iostat = new.opts.iostat
         self.stall_seconds = new.opts.stallseconds

@@ -5,7 +5,7 @@ are read again and its own options still win.  What a running node cannot
 change (``docroot``, ``pidfile``, whether there are worker processes at all)
 is logged and kept; a configuration that does not load or whose new
 listeners cannot be bound is logged and the running one kept, so a reload
-never stops the node.  Applying the result is the caller's: the single
+never stops the node.  Switching to the result is the caller's: the single
 process switches in place (process/server.py), the master replaces its
 workers (process/arbiter.py).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mogstored import log
@@ -40,7 +41,16 @@ class Reload:
         self.opts = opts
         self.upgrade = upgrade  # hands the listeners to an upgrade: kept current
 
-    def load(self, running: list[Listener]) -> Reloaded | None:
+    def run(self, running: list[Listener], switch: Callable[[Reloaded], None]) -> None:
+        """Load the configuration again and have ``switch`` apply it; logged
+        either way, ``reloaded:`` once it is applied."""
+        new = self._load(running)
+        if new is None:
+            return
+        switch(new)
+        log.info("reloaded: " + " ".join(f"{lst.kind}={address(lst.sock)}" for lst in new.listeners))
+
+    def _load(self, running: list[Listener]) -> Reloaded | None:
         """The new configuration with its listeners open, or None (logged)."""
         log.info("reloading the configuration (SIGHUP)")
         available = by_address(running)
@@ -57,7 +67,6 @@ class Reload:
         self.upgrade.listeners = [lst.sock for lst in bound]
         for sock in available.values():
             log.info(f"reload: closing listener {address(sock)}")
-        log.info("reloaded: " + " ".join(f"{lst.kind}={address(lst.sock)}" for lst in bound))
         return Reloaded(opts, bound, list(available.values()))
 
     def _keep_fixed(self, new: Options) -> Options:

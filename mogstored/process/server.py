@@ -25,7 +25,7 @@ from mogstored.mgmt.connection import MgmtConnection
 from mogstored.node import ServiceContext
 from mogstored.process import signals
 from mogstored.process.listening import Listener
-from mogstored.process.reload import Reload
+from mogstored.process.reload import Reload, Reloaded
 from mogstored.process.upgrade import Upgrade
 from mogstored.store.devices import read_mounts
 from mogstored.store.fsck import FsckQueues
@@ -199,13 +199,9 @@ class Server:
         self._run_iostat()
         self.metrics.start()
 
-    def apply_reload(self) -> None:
+    def switch(self, new: Reloaded) -> None:
         """SIGHUP: switch to the configuration read again.  Acceptors move to
         the new listeners first; connections accepted before go on as they were."""
-        assert self.reload is not None
-        new = self.reload.load(self.listeners)
-        if new is None:
-            return
         keep = {(lst.kind, id(lst.sock)) for lst in new.listeners}
         for key in list(self.acceptors):
             if key not in keep:
@@ -250,8 +246,8 @@ class Server:
                     self.ioq.resize(n)
                 elif ask is Ask.USAGE_PASS:
                     usage_now = True
-                elif ask is Ask.RELOAD:
-                    self.apply_reload()
+                elif ask is Ask.RELOAD and self.reload is not None:
+                    self.reload.run(self.listeners, self.switch)
                     usage_now = True  # a device may refuse or accept writes now (mountcheck)
             if stop:
                 break
