@@ -277,7 +277,7 @@ class Server:
         while self.queue.clients:
             for client in self.queue.idle_clients():
                 if heard_within(client.sock, SHUTDOWN_GRACE_MS):
-                    continue  # its request may be in flight (a connection just made)
+                    continue  # its request may be in flight (a connection just made) or not read yet
                 try:
                     client.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
