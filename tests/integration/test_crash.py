@@ -144,8 +144,17 @@ def crash_rounds(tmp_path: Path, dev: str, env: dict[str, str], rounds: int, lea
             loads.append(load)
             load.start()
             wait_for(lambda: len(load.created) >= 40, timeout=30, what="40 PUTs created")
+            # One PUT stopped half-way, so the kill surely finds a body mid-way: the load's
+            # bodies may all wait whole in socket buffers for the pool's one thread, each
+            # written in one step, and a kill between steps finds no temp file to leave.
+            stalled = socket.create_connection((HOST, d.http_port), timeout=20)
+            stalled.sendall(b"PUT /%s/0/stalled%d.fid HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s"
+                            % (dev.encode(), r, BODY, b"s" * (BODY // 2)))
+            if leaves_temps:
+                wait_for(lambda: [p for p in d.docroot.rglob("stalled*") if is_temp(p)], what="its temp file")
             d.proc.send_signal(signal.SIGKILL)
             d.proc.wait()
+            stalled.close()
             load.join()
             assert load.broken, "the kill came after every PUT"
         finally:
