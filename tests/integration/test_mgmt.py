@@ -372,7 +372,8 @@ def test_aio_threads_shows_in_the_thread_count_like_cmogstored(tmp_path) -> None
         assert named_threads(d.pid, "io:shared") == 0  # nothing to do yet: no thread
         assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
         wait_for(lambda: _tasks(d.pid) != before, timeout=1.0, what="a new thread count")
-        assert named_threads(d.pid, "io:shared") == 1
+        # A new thread names itself once it runs: its /proc entry comes first.
+        wait_for(lambda: named_threads(d.pid, "io:shared") == 1, timeout=1.0, what="1 shared thread")
         one = _tasks(d.pid)
         assert d.mgmt_cmd(b"server aio_threads=6\r\n") == b"\r\n"
         wait_for(lambda: _tasks(d.pid) != one, timeout=1.0, what="a new thread count")
@@ -390,9 +391,9 @@ def test_aio_threads_brings_pools_with_threads_to_n(tmp_path) -> None:
         with d.conn() as c:  # a PUT runs in dev1's pool: it has a thread (for 10 s idle)
             assert c.request(b"PUT /dev1/f HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx").status == 201
         assert d.mgmt_cmd(b"server aio_threads = 7\r\n") == b"\r\n"
-        wait_for(lambda: dev1() == 7, timeout=1.0, what="7 dev1 threads")
+        wait_for(lambda: dev1() == 7, timeout=5.0, what="7 dev1 threads")
         assert d.mgmt_cmd(b"server aio_threads = 2\r\n") == b"\r\n"
-        wait_for(lambda: dev1() == 2, timeout=1.0, what="2 dev1 threads")
+        wait_for(lambda: dev1() == 2, timeout=5.0, what="2 dev1 threads")
         assert http_get(d, "/dev1/f") == (200, b"x")
     finally:
         d.kill()
