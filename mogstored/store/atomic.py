@@ -46,13 +46,14 @@ def _can_link_by_fd() -> bool:
     CAP_DAC_READ_SEARCH (root), or (Linux >= 6.10) for a file this process
     opened.  Probed with a link that cannot succeed: the kernel looks up the
     empty old name first (ENOENT when refused), then the new one, "." under "/"
-    (EEXIST).  A test seam forces the /proc/self/fd way: the CI kernel allows
-    both."""
+    (EEXIST whatever the filesystem).  Any answer but EEXIST (a sandbox's
+    EPERM, say) keeps the /proc/self/fd way.  A test seam forces that way: the
+    CI kernel allows both."""
     if os.environ.get("MOG_LINK_VIA_PROC", "") not in ("", "0"):
         return False
     fd = os.open("/", os.O_PATH | os.O_CLOEXEC)
     try:
-        return _linkat(fd, b"", fd, b".", _AT_EMPTY_PATH) == 0 or ctypes.get_errno() != errno.ENOENT
+        return _linkat(fd, b"", fd, b".", _AT_EMPTY_PATH) != 0 and ctypes.get_errno() == errno.EEXIST
     finally:
         os.close(fd)
 
