@@ -86,7 +86,8 @@ class IoPool:
     thread idle for IDLE_EXIT seconds exits.  So page-cache work keeps one thread, which does not queue for the
     interpreter lock behind others, while a slow or hung disk still gets up to
     ``limit`` requests in flight.  The most recently idle thread is woken first
-    (its stack is warm).
+    (its stack is warm).  ``server aio_threads`` (:meth:`resize`) brings a pool
+    that has threads to exactly ``limit`` at once, so the command shows.
     """
 
     def __init__(self, name: str, run: Run, nthreads: int) -> None:
@@ -164,14 +165,19 @@ class IoPool:
         """Jobs queued for a thread (metrics)."""
         return len(self._jobs)
 
-    def resize(self, n: int) -> None:
+    def resize(self, n: int, show: bool = False) -> None:
         """At most ``n`` threads from now on: surplus ones exit when idle, or at
-        once if they are."""
+        once if they are.  A pool that has threads (any with queued jobs does),
+        or ``show``, gets exactly ``n`` at once, so ``server aio_threads`` shows
+        in /proc/PID/task; the new ones wait for work and exit after IDLE_EXIT
+        without any, as every thread.  A pool without threads (an idle device)
+        stays without."""
         with self._lock:
             self.limit = n
             self._wake_all()
-            for _ in range(min(n - len(self._threads), len(self._jobs))):
-                self._start_thread()
+            if self._threads or show:
+                for _ in range(n - len(self._threads)):
+                    self._start_thread()
 
     def _start_thread(self) -> None:
         """Holding ``_lock``."""
@@ -344,12 +350,15 @@ class IoQueues:
                     self._pools[key] = IoPool(f"dev{devid}", self.run, self.per_device)
 
     def resize(self, per_device: int) -> None:
-        """``server aio_threads = N``: every pool gets N threads, the shared one too (so
-        the setting shows even before any device exists)."""
+        """``server aio_threads = N``: the limit of every pool, the shared one too.
+        Pools with threads get N at once; so does the shared pool, the node's own
+        even before any device exists, so the command always shows in the thread
+        count (cmogstored's test_aio_threads, on a docroot without devices)."""
         with self._lock:
             self.per_device = per_device
-            for pool in (*self._pools.values(), self.shared):
+            for pool in self._pools.values():
                 pool.resize(per_device)
+            self.shared.resize(per_device, show=True)
 
     def pools(self) -> list[IoPool]:
         """Every pool, the shared one last."""

@@ -12,11 +12,21 @@ import pytest
 from mogstored.store import atomic
 
 
-@pytest.fixture
-def dirfd(tmp_path: Path) -> Iterator[int]:
+@pytest.fixture(params=[True, False], ids=["by-fd", "via-proc"])
+def dirfd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[int]:
+    """The test's directory, with unnamed files linked by fd (AT_EMPTY_PATH) or through /proc."""
+    monkeypatch.setattr(atomic, "_by_fd", request.param)
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     yield fd
     os.close(fd)
+
+
+def test_linking_by_fd_is_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root may link by fd (CAP_DAC_READ_SEARCH); the test seam forces /proc."""
+    if os.geteuid() == 0:
+        assert atomic._can_link_by_fd()
+    monkeypatch.setenv("MOG_LINK_VIA_PROC", "1")
+    assert not atomic._can_link_by_fd()
 
 
 def write_new(dirfd: int, name: str, data: bytes) -> tuple[int, str | None]:

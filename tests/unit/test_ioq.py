@@ -78,6 +78,29 @@ def test_threads_start_with_work_up_to_the_limit_and_idle_ones_leave(monkeypatch
     queue.stop()
 
 
+def test_aio_threads_brings_pools_with_threads_to_n_and_leaves_idle_devices_alone(monkeypatch) -> None:
+    """``server aio_threads = N`` shows in the thread count: a pool with threads and the
+    shared pool get exactly N at once; a device pool without threads keeps none.  The
+    extra threads leave after IDLE_EXIT without work, like any."""
+    monkeypatch.setattr(iopool, "IDLE_EXIT", 0.5)
+    queue = EventQueue(1)
+    ioq = IoQueues(queue.run)
+    ioq.set_devices("/r", {71, 72})
+    busy, idle = ioq.for_path("/r", "/dev71/x"), ioq.for_path("/r", "/dev72/x")
+    ran = threading.Event()
+    busy.call(ran.set)
+    assert ran.wait(5)
+    assert (_pool_threads("dev71"), _pool_threads("dev72"), _pool_threads("shared")) == (1, 0, 0)
+    ioq.resize(6)
+    assert (_pool_threads("dev71"), _pool_threads("dev72"), _pool_threads("shared")) == (6, 0, 6)
+    ioq.resize(2)
+    _wait(lambda: (_pool_threads("dev71"), _pool_threads("shared")) == (2, 2))  # idle surplus: at once
+    assert _pool_threads("dev72") == 0 and idle.limit == busy.limit == ioq.shared.limit == 2
+    _wait(lambda: _pool_threads("dev71") + _pool_threads("shared") == 0)  # then IDLE_EXIT
+    ioq.stop()
+    queue.stop()
+
+
 def test_one_idle_thread_serves_tasks_one_at_a_time() -> None:
     queue, pool = _pool(10)
     for i in range(20):
