@@ -37,7 +37,7 @@ from mogstored.http.states import (
     READING,
     Transfer,
 )
-from mogstored.node import ServiceContext
+from mogstored.node.service import ServiceContext
 from mogstored.store.iopool import IoPool
 
 _NOTHING = memoryview(b"")

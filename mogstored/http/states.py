@@ -19,7 +19,7 @@ from typing import Protocol
 
 from mogstored.event.step import Next, Pool, State, states
 from mogstored.http.parser import Request
-from mogstored.node import ServiceContext
+from mogstored.node.service import ServiceContext
 from mogstored.store.iopool import IoPool
 
 READING, ANSWERING, LOOKING = states("reading", "answering", "looking", on_pool=False)

@@ -17,7 +17,7 @@ from mogstored.http.parser import MAX_HEAD, HeadParser, HttpError
 from mogstored.http.response import error_head, http_date
 from mogstored.metrics.exposition import CONTENT_TYPE, exposition
 from mogstored.metrics.totals import NodeMetrics
-from mogstored.node import Control
+from mogstored.node.control import Control
 from mogstored.store.iopool import IoPool
 
 READING, ANSWERING = states("reading", "answering", on_pool=False)

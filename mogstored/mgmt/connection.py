@@ -44,7 +44,7 @@ from mogstored.mgmt.parser import (
     size_reply,
     unknown_reply,
 )
-from mogstored.node import ServiceContext
+from mogstored.node.service import ServiceContext
 from mogstored.store.fsck import low_io_priority
 from mogstored.store.iopool import IoPool, computing, thread_buffer
 
