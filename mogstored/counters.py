@@ -44,15 +44,12 @@ def mgmt_command(name: str) -> None:
 
 
 class CallClock:
-    """When the step a pool thread is running began (0.0: idle), and the thread's
-    kernel id (its /proc/self/task entry)."""
+    """When the step a pool thread is running began (0.0: idle)."""
 
-    __slots__ = ("computes", "since", "tid")
+    __slots__ = ("since",)
 
     def __init__(self) -> None:
         self.since = 0.0
-        self.tid = threading.get_native_id()
-        self.computes = False  # the step said it computes outside the interpreter lock (iopool.computing)
 
 
 # Errors a request causes itself (missing file, symlink, no permission) or
@@ -77,8 +74,9 @@ class PoolStats:
         self.clocks: list[CallClock] = []  # one per live pool thread
         self.stalled = False  # set by the metrics thread
 
-    def thread_clock(self) -> CallClock:
-        clock = CallClock()
+    def thread_clock(self, clock: CallClock | None = None) -> CallClock:
+        """Count ``clock`` (a new one if None) as a live pool thread's."""
+        clock = CallClock() if clock is None else clock
         self.clocks.append(clock)
         return clock
 

@@ -18,9 +18,15 @@ from mogstored.event.step import Next, Pool
 from mogstored.http.parser import Request, resolve_range
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head, file_head
-from mogstored.http.states import LOOKING, OPENING, SENDING, Connection, FileTransfer
+from mogstored.http.states import (
+    LOOKING,
+    OPENING,
+    SENDING,
+    SENDING_BULK,
+    Connection,
+    FileTransfer,
+)
 from mogstored.store.fs import read_cached
-from mogstored.store.iopool import computing
 
 SENDFILE_CHUNK = 1 << 22
 SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
@@ -43,7 +49,7 @@ class GetTransfer(FileTransfer):
 
     def step(self, pool: Pool | None) -> Next:
         state = self.conn.state
-        if state is SENDING:
+        if state is SENDING or state is SENDING_BULK:
             return self._send()
         return self._look() if state is LOOKING else self._open()
 
@@ -108,7 +114,7 @@ class GetTransfer(FileTransfer):
         req.status = status  # metrics
         self.offset = first
         self.remaining = length
-        conn.state = SENDING
+        conn.state = SENDING_BULK if length >= SENDFILE_CHUNK else SENDING
         return Next.RUN if cached else self._send()
 
     def _with_cached_body(self, head: bytes, st_dev: int, first: int, length: int) -> bytearray | None:
@@ -136,8 +142,8 @@ class GetTransfer(FileTransfer):
 
     def _send(self) -> Next:
         conn = self.conn
-        if self.remaining >= SENDFILE_CHUNK:
-            computing()  # long sendfile calls: another thread may run beside this one
+        if self.remaining < SENDFILE_CHUNK:
+            conn.state = SENDING  # short sendfile calls from here on: not computing
         if conn.out and not conn.flush(more=True):
             return Next.WRITE
         sent = 0

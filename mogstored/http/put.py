@@ -14,11 +14,17 @@ from mogstored.http.dav import refuse_symlink
 from mogstored.http.parser import ChunkedDecoder, HttpError, Request
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head
-from mogstored.http.states import RECEIVING, Connection, FileTransfer
+from mogstored.http.states import (
+    CREATING,
+    RECEIVING,
+    RECEIVING_BULK,
+    Connection,
+    FileTransfer,
+)
 from mogstored.store import atomic
 from mogstored.store.devices import umask
 from mogstored.store.fs import Docroot
-from mogstored.store.iopool import computing, thread_buffer
+from mogstored.store.iopool import thread_buffer
 
 _PUT_MODE = 0o666 & ~umask()
 
@@ -41,7 +47,7 @@ class PutTransfer(FileTransfer):
         self.remaining = 0 if req.chunked else req.content_length or 0
 
     def step(self, pool: Pool | None) -> Next:
-        return self._receive() if self.conn.state is RECEIVING else self._open()
+        return self._open() if self.conn.state is CREATING else self._receive()
 
     def release(self) -> None:
         super().release()
@@ -95,8 +101,8 @@ class PutTransfer(FileTransfer):
                     conn.inbuf.clear()
                     conn.pos = 0
             buf = thread_buffer()
-            if self.md5 is not None or self.remaining >= len(buf):
-                computing()  # hashing, or copies of whole buffers: another thread may run beside this one
+            # Hashing, or copies of whole buffers: another thread may run beside this one.
+            conn.state = RECEIVING_BULK if self.md5 is not None or self.remaining >= len(buf) else RECEIVING
             while not self._body_done():
                 want = len(buf) if self.chunks is not None else min(len(buf), self.remaining)
                 try:

@@ -7,8 +7,11 @@
                cached lookup, fstat, page-cache read (get.py) (any thread)
     OPENING    GET/HEAD: open, fstat, head  (get.py)        (device pool)
     SENDING    GET body by sendfile         (get.py)        (device pool)
+    SENDING_BULK  the same, 4 MiB or more to go: computes   (device pool)
     CREATING   PUT: the temp file           (put.py)        (device pool)
     RECEIVING  PUT body, commit             (put.py)        (device pool)
+    RECEIVING_BULK  the same, the body hashed or a whole
+               buffer or more to go: computes               (device pool)
     DELETING   DELETE                       (dav.py)        (device pool)
 """
 from __future__ import annotations
@@ -25,7 +28,9 @@ from mogstored.store.iopool import IoPool
 READING, ANSWERING, LOOKING = states("reading", "answering", "looking", on_pool=False)
 OPENING, SENDING, CREATING, RECEIVING, DELETING = states(
     "opening", "sending", "creating", "receiving", "deleting", on_pool=True)
-STATES = (READING, ANSWERING, LOOKING, OPENING, SENDING, CREATING, RECEIVING, DELETING)
+SENDING_BULK, RECEIVING_BULK = states("sending-bulk", "receiving-bulk", on_pool=True, computes=True)
+STATES = (READING, ANSWERING, LOOKING, OPENING, SENDING, SENDING_BULK, CREATING, RECEIVING, RECEIVING_BULK,
+          DELETING)
 
 
 class Transfer(Protocol):

@@ -46,10 +46,11 @@ from mogstored.mgmt.parser import (
 )
 from mogstored.node.service import ServiceContext
 from mogstored.store.fsck import low_io_priority
-from mogstored.store.iopool import IoPool, computing, thread_buffer
+from mogstored.store.iopool import IoPool, thread_buffer
 
 READING, WATCHING = states("reading", "watching", on_pool=False)
-SIZING, OPENING, DIGESTING, FSCK_WAITING = states("sizing", "opening", "digesting", "fsck-waiting", on_pool=True)
+SIZING, OPENING, FSCK_WAITING = states("sizing", "opening", "fsck-waiting", on_pool=True)
+DIGESTING = State("digesting", on_pool=True, computes=True)
 STATES = (READING, SIZING, OPENING, DIGESTING, FSCK_WAITING, WATCHING)
 
 DIGEST_SLICE = 8 << 20  # bytes hashed per scheduling step before yielding
@@ -253,7 +254,6 @@ class MgmtConnection:
         return self._hash_slice(digest)
 
     def _hash_slice(self, digest: _Digest) -> Next:
-        computing()  # another thread may hash beside this one
         buf = thread_buffer()
         update = digest.hasher.update
         done = 0

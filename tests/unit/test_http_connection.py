@@ -62,9 +62,10 @@ def _recv_all(peer: socket.socket) -> bytes:
 
 def test_states_are_listed_once_and_say_where_they_run() -> None:
     names = [s.name for s in states.STATES]
-    assert len(set(names)) == len(names) == 8
+    assert len(set(names)) == len(names) == 10
     on_pool = {s.name for s in states.STATES if s.on_pool}
-    assert on_pool == {"opening", "sending", "creating", "receiving", "deleting"}
+    assert on_pool == {"opening", "sending", "sending-bulk", "creating", "receiving", "receiving-bulk", "deleting"}
+    assert {s.name for s in states.STATES if s.computes} == {"sending-bulk", "receiving-bulk"}
 
 
 def test_cached_get_is_answered_on_the_event_thread(pair) -> None:
