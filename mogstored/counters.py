@@ -16,7 +16,10 @@ import time
 
 now = time.monotonic  # the clock of request durations and disk-call ages
 
-METHODS = ("GET", "HEAD", "PUT", "DELETE", "MKCOL", "other")  # "other": a head that did not parse
+# The methods a request line may name: the one table the HTTP grammar (http/head.py)
+# and these counters' rows derive from.
+HTTP_METHODS = ("GET", "HEAD", "PUT", "DELETE", "MKCOL")
+METHODS = (*HTTP_METHODS, "other")  # "other": a head that did not parse
 _METHOD = {m: i for i, m in enumerate(METHODS)}
 STATUS_LIMIT = 600  # rows are indexed by the status itself
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -14,11 +14,10 @@ import socket
 from mogstored import counters
 from mogstored.event.step import Next, Pool, State
 from mogstored.http.dav import DeleteTransfer
+from mogstored.http.fields import MAX_HEAD, HttpError
 from mogstored.http.get import GetTransfer
-from mogstored.http.parser import (
-    MAX_HEAD,
+from mogstored.http.head import (
     HeadParser,
-    HttpError,
     Request,
     check_put_framing,
     parse_whole,

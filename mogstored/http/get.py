@@ -15,7 +15,7 @@ import stat
 from mogstored import log
 from mogstored.event.expiry import STARVED
 from mogstored.event.step import Next, Pool
-from mogstored.http.parser import Request, resolve_range
+from mogstored.http.head import Request, resolve_range
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head, file_head
 from mogstored.http.states import (

@@ -10,8 +10,10 @@ import os
 from mogstored import digests, log
 from mogstored.event.expiry import tcp_info
 from mogstored.event.step import Next, Pool
+from mogstored.http.chunked import ChunkedDecoder
 from mogstored.http.dav import refuse_symlink
-from mogstored.http.parser import ChunkedDecoder, HttpError, Request
+from mogstored.http.fields import HttpError
+from mogstored.http.head import Request
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head
 from mogstored.http.states import (

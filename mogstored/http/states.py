@@ -21,7 +21,7 @@ import socket
 from typing import Protocol
 
 from mogstored.event.step import Next, Pool, State, states
-from mogstored.http.parser import Request
+from mogstored.http.head import Request
 from mogstored.node.service import ServiceContext
 from mogstored.store.iopool import IoPool
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import socket
 
 from mogstored.event.step import Next, Pool, send_buffered, states
-from mogstored.http.parser import MAX_HEAD, HeadParser, HttpError
+from mogstored.http.fields import MAX_HEAD, HttpError
+from mogstored.http.head import HeadParser, parse_whole
 from mogstored.http.response import error_head, http_date
 from mogstored.metrics.exposition import CONTENT_TYPE, exposition
 from mogstored.metrics.totals import NodeMetrics
@@ -57,7 +58,7 @@ class MetricsConnection:
         self.process = process
         self.pool: IoPool = metrics.ioq.shared  # for the core's interface: no state runs in a pool
         self.state = READING
-        self.head = HeadParser()
+        self.head: HeadParser | None = None  # made when a head is not whole at once (parse_whole)
         self.inbuf = bytearray()
         self.out = bytearray()  # answer bytes not yet sent
         self.keepalive = True
@@ -74,14 +75,19 @@ class MetricsConnection:
 
     def _read(self) -> Next:
         while True:
+            parsed = None
             try:
-                parsed = self.head.parse(self.inbuf) if self.inbuf else None
+                if self.head is not None:
+                    parsed = self.head.parse(self.inbuf)
+                elif self.inbuf and (parsed := parse_whole(self.inbuf)) is None:
+                    self.head = HeadParser()
+                    parsed = self.head.parse(self.inbuf)
             except HttpError as e:
                 return self._answer(error_head(e.status, False), False)
             if parsed is not None:
                 req, end = parsed
                 del self.inbuf[:end]
-                self.head = HeadParser()
+                self.head = None
                 keep = req.keepalive and not self.process.quitting
                 return self._answer(answer(self.metrics, req.method, req.path, keep), keep)
             try:
