@@ -15,7 +15,7 @@ from conftest import mounted, remount_cold
 
 from mogstored import counters
 from mogstored.event.step import Next
-from mogstored.http import states
+from mogstored.http import connection, states
 from mogstored.http.connection import TRICKLE_PIECES, HttpConnection
 from mogstored.http.get import INLINE_MAX
 from mogstored.store.fs import Docroot
@@ -66,6 +66,7 @@ def test_states_are_listed_once_and_say_where_they_run() -> None:
     on_pool = {s.name for s in states.STATES if s.on_pool}
     assert on_pool == {"opening", "sending", "sending-bulk", "creating", "receiving", "receiving-bulk", "deleting"}
     assert {s.name for s in states.STATES if s.computes} == {"sending-bulk", "receiving-bulk"}
+    assert set(connection._STEPS) == set(states.STATES)  # every state has its step, in one table
 
 
 def test_cached_get_is_answered_on_the_event_thread(pair) -> None:
