@@ -10,7 +10,7 @@ caches without blocking (store.fs.Docroot.stat, cached).  The states, listed in
     READING        lines in, answers out, commands run      (any thread)
     SIZING         ``size``: one stat                       (device pool)
     OPENING        a digest's file                          (device pool)
-    DIGESTING      hash a slice per step                    (device pool)
+    DIGESTING      hash a slice per step          (device pool; computes)
     FSCK_WAITING   parked in the fsck queue of its filesystem (nowhere)
     WATCHING       ``watch``: input read and ignored        (any thread)
 """
