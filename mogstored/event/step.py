@@ -46,19 +46,6 @@ def states(*names: str, on_pool: bool, computes: bool = False) -> tuple[State, .
     return tuple(State(name, on_pool, computes) for name in names)
 
 
-def send_buffered(sock: socket.socket, out: bytearray) -> Next | None:
-    """One send of ``out`` (what went is dropped from it): None once all is
-    sent, WRITE while the socket is full or bytes remain, CLOSE if the peer is gone."""
-    try:
-        n = sock.send(out)
-    except BlockingIOError:
-        return Next.WRITE
-    except OSError:
-        return Next.CLOSE
-    del out[:n]
-    return Next.WRITE if out else None
-
-
 class Pool(Protocol):
     """Where a client is parked to run its next step (a device I/O pool)."""
 

@@ -21,6 +21,7 @@ from typing import cast
 from mogstored import counters, log
 from mogstored.event.expiry import tcp_info
 from mogstored.event.step import Next, Pool, State
+from mogstored.event.stream import Stream
 from mogstored.http.dav import DeleteTransfer
 from mogstored.http.fields import MAX_HEAD, HttpError
 from mogstored.http.get import GetTransfer
@@ -57,7 +58,6 @@ from mogstored.http.states import (
 from mogstored.node.service import ServiceContext
 from mogstored.store.iopool import IoPool, thread_buffer
 
-_NOTHING = memoryview(b"")
 _NO_HEAD = HeadParser()  # no head byte yet (never parses): idle connections hold no parser of their own
 TRICKLE_PIECES = 8  # a head still incomplete after this many reads is read at most once per event/later.DELAY
 SENDFILE_CHUNK = 1 << 22
@@ -65,38 +65,17 @@ SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
 _PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ETIMEDOUT)  # sendfile's socket side
 
 
-class HttpConnection:
+class HttpConnection(Stream):
     """A client of an HTTP (or GET-only) listener."""
 
     expirable = True  # idle ones are shut down when descriptors run out (event/expiry.py)
 
-    __slots__ = (
-        "eof",
-        "fd",
-        "get_only",
-        "head",
-        "inbuf",
-        "keepalive",
-        "out",
-        "peer",
-        "pool",
-        "pos",
-        "req",
-        "sock",
-        "state",
-        "svc",
-        "transfer",
-    )
+    __slots__ = ("get_only", "head", "keepalive", "peer", "pool", "req", "state", "svc", "transfer")
 
     def __init__(self, sock: socket.socket, svc: ServiceContext, get_only: bool) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
+        super().__init__(sock)
         self.svc = svc
         self.get_only = get_only
-        self.inbuf = bytearray()
-        self.pos = 0  # start of unprocessed input in inbuf
-        self.out = _NOTHING  # response head bytes not yet sent
-        self.eof = False
         self.state = READING
         self.pool: IoPool = svc.ioq.shared  # the current request's device pool
         self.keepalive = False  # of the current answer
@@ -126,46 +105,35 @@ class HttpConnection:
         self.transfer.release()
         self.sock.close()
 
-    # -- reading and dispatching requests --------------------------------
-    def _read_head(self) -> Next:
-        drained = False  # the last recv got less than asked: nothing more is queued
-        while True:
-            parsed = None
-            if self.pos < len(self.inbuf):
-                try:
-                    if self.head is not _NO_HEAD:
-                        parsed = self.head.parse(self.inbuf, self.pos)
-                    elif (parsed := parse_whole(self.inbuf, self.pos)) is None:  # the usual head, no parser
-                        self.head = HeadParser()
-                        parsed = self.head.parse(self.inbuf, self.pos)
-                except HttpError as e:
-                    self.req = Request("other", "", False, started=counters.now())  # metrics: a head refused
-                    return self.fail(e.status)
-            if parsed is not None:
-                req, self.pos = parsed
-                self.head = _NO_HEAD
-                return self._dispatch(req)
-            if self.eof:
-                return Next.CLOSE
-            if drained:  # one recv per wake-up; a head in many small pieces waits a moment
-                return Next.LATER if self.head.pieces >= TRICKLE_PIECES else Next.READ
-            want = MAX_HEAD + 1 - (len(self.inbuf) - self.pos)
-            try:
-                data = self.sock.recv(want)
-            except BlockingIOError:
-                # Shutting down: closed only once nothing at all has arrived (a
-                # request already sent is answered, not reset by the close).
-                return Next.CLOSE if self.svc.process.quitting and self.pos >= len(self.inbuf) else Next.READ
-            except OSError:
-                return Next.CLOSE
-            if not data:
-                self.eof = True
-                continue
-            drained = len(data) < want
-            if self.pos:
-                del self.inbuf[: self.pos]
-                self.pos = 0
-            self.inbuf += data
+    # -- reading and dispatching requests (READING: Stream._read) -------------
+    def _take(self) -> Next | None:
+        """The next head, once whole, dispatched."""
+        if self.pos >= len(self.inbuf):
+            return None
+        try:
+            if self.head is not _NO_HEAD:
+                parsed = self.head.parse(self.inbuf, self.pos)
+            elif (parsed := parse_whole(self.inbuf, self.pos)) is None:  # the usual head, no parser
+                self.head = HeadParser()
+                parsed = self.head.parse(self.inbuf, self.pos)
+        except HttpError as e:
+            self.req = Request("other", "", False, started=counters.now())  # metrics: a head refused
+            return self.fail(e.status)
+        if parsed is None:
+            return None
+        req, self.pos = parsed
+        self.head = _NO_HEAD
+        return self._dispatch(req)
+
+    def _want(self) -> int:
+        return MAX_HEAD + 1 - (len(self.inbuf) - self.pos)
+
+    def _short_read(self) -> Next:
+        """A head in many small pieces waits a moment (event/later.py)."""
+        return Next.LATER if self.head.pieces >= TRICKLE_PIECES else Next.READ
+
+    def _quitting(self) -> bool:
+        return self.svc.process.quitting
 
     def _dispatch(self, req: Request) -> Next:
         self.req = req
@@ -229,7 +197,7 @@ class HttpConnection:
             return self.fail(outcome)  # type: ignore[arg-type]
         if outcome is SEND:
             get = cast(GetTransfer, self.transfer)
-            self.out = memoryview(get.head)
+            self.out = get.head
             return self._enter(SENDING_BULK if get.remaining >= SENDFILE_CHUNK else SENDING)
         if outcome is OPEN:
             return self._enter(OPENING)
@@ -253,8 +221,8 @@ class HttpConnection:
         get = cast(GetTransfer, self.transfer)
         if get.remaining < SENDFILE_CHUNK:
             self.state = SENDING  # short sendfile calls from here on: not computing
-        if self.out and not self.flush(more=True):
-            return Next.WRITE
+        if self.out and (nxt := self._send_out(socket.MSG_MORE)) is not None:
+            return nxt
         stats = self.pool.stats
         sent = 0
         while get.remaining > 0:
@@ -335,7 +303,7 @@ class HttpConnection:
     def answer(self, head: bytes | bytearray) -> Next:
         """Send ``head`` (a whole answer), then finish."""
         self.req.status = int(head[9:12])  # metrics
-        self.out = memoryview(head)
+        self.out = head
         self.state = ANSWERING
         return self._answer()
 
@@ -351,27 +319,14 @@ class HttpConnection:
         return self.answer(head if req.method == "HEAD" else head + body[first : last + 1])
 
     def _answer(self) -> Next:
-        if not self.flush():
-            return Next.WRITE
+        """ANSWERING: send the answer, then finish."""
+        nxt = self._send_out()
+        if nxt is Next.WRITE:
+            return nxt
+        if nxt is Next.CLOSE:  # the peer is gone: finished all the same (metrics), then closed
+            self.eof = True
+            self.keepalive = False
         return self.finish()
-
-    def flush(self, more: bool = False) -> bool:
-        """Send pending head bytes; False while the socket is full."""
-        out = self.out
-        while out:
-            try:
-                n = self.sock.send(out, socket.MSG_MORE if more else 0)
-            except BlockingIOError:
-                self.out = out
-                return False
-            except OSError:
-                self.out = _NOTHING
-                self.eof = True
-                self.keepalive = False
-                return True
-            out = out[n:]
-        self.out = _NOTHING
-        return True
 
     def finish(self) -> Next:
         """The response is out: close, or go on with the next request."""
@@ -380,23 +335,11 @@ class HttpConnection:
         self.state = READING
         counters.http_request(self.req.method, self.req.status, self.req.started)
         self.req = NO_REQUEST
-        if not self.keepalive:
-            return Next.CLOSE
-        if self.pos < len(self.inbuf):
-            return Next.ACTIVE  # pipelined: behind the other ready clients
-        self.inbuf.clear()
-        self.pos = 0
-        if self.eof:
-            return Next.CLOSE
-        if self.svc.process.quitting:
-            # The socket may hold the start of the next request (a PUT body read to its
-            # last byte leaves it there): _read_head answers it, or closes if none came.
-            return Next.ACTIVE
-        return Next.READ
+        return self._after_answer(self.keepalive)
 
 
 _STEPS: dict[State, Callable[[HttpConnection], Next]] = {
-    READING: HttpConnection._read_head,
+    READING: HttpConnection._read,
     ANSWERING: HttpConnection._answer,
     LOOKING: HttpConnection._look,
     OPENING: HttpConnection._open,
