@@ -1,4 +1,4 @@
-"""Unit tests for mogstored.http.parser against §3.2-§3.6 and §8 of the protocol reference."""
+"""Unit tests for the HTTP request grammar (mogstored.http.head, .fields, .chunked) against §3.2-§3.6 and §8 of the protocol reference."""
 
 from __future__ import annotations
 
