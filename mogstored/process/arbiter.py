@@ -19,7 +19,7 @@ import time
 from mogstored import log
 from mogstored.config.options import DEFAULT_STALL_SECONDS, Service
 from mogstored.metrics.board import MetricsBoard
-from mogstored.node import write_usage_now
+from mogstored.node.usage import write_usage_now
 from mogstored.process.board import LoadBoard
 from mogstored.process.server import Listener, serve
 from mogstored.process.signals import (
