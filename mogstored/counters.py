@@ -16,7 +16,10 @@ import time
 
 now = time.monotonic  # the clock of request durations and disk-call ages
 
-METHODS = ("GET", "HEAD", "PUT", "DELETE", "MKCOL", "other")  # "other": a head that did not parse
+# The methods a request line may name: the one table the HTTP grammar (http/head.py)
+# and these counters' rows derive from.
+HTTP_METHODS = ("GET", "HEAD", "PUT", "DELETE", "MKCOL")
+METHODS = (*HTTP_METHODS, "other")  # "other": a head that did not parse
 _METHOD = {m: i for i, m in enumerate(METHODS)}
 STATUS_LIMIT = 600  # rows are indexed by the status itself
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -44,15 +47,12 @@ def mgmt_command(name: str) -> None:
 
 
 class CallClock:
-    """When the step a pool thread is running began (0.0: idle), and the thread's
-    kernel id (its /proc/self/task entry)."""
+    """When the step a pool thread is running began (0.0: idle)."""
 
-    __slots__ = ("computes", "since", "tid")
+    __slots__ = ("since",)
 
     def __init__(self) -> None:
         self.since = 0.0
-        self.tid = threading.get_native_id()
-        self.computes = False  # the step said it computes outside the interpreter lock (iopool.computing)
 
 
 # Errors a request causes itself (missing file, symlink, no permission) or
@@ -77,8 +77,9 @@ class PoolStats:
         self.clocks: list[CallClock] = []  # one per live pool thread
         self.stalled = False  # set by the metrics thread
 
-    def thread_clock(self) -> CallClock:
-        clock = CallClock()
+    def thread_clock(self, clock: CallClock | None = None) -> CallClock:
+        """Count ``clock`` (a new one if None) as a live pool thread's."""
+        clock = CallClock() if clock is None else clock
         self.clocks.append(clock)
         return clock
 

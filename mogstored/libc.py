@@ -1,12 +1,42 @@
 """The C library, loaded once, for the few calls Python does not wrap
-(accept4 that returns EINTR, openat2, ioprio, prctl).
+(accept4 that returns EINTR, openat2, ioprio, prctl), and the numbers of the
+system calls made through ``syscall()`` or read in ``/proc/TID/syscall``.
 
 ``libc.name`` is one function object shared by every module: give argtypes
 only to a private copy, ``libc["name"]`` (fs.py's openat2 ``syscall`` must not
 change the ioprio ``syscall`` of fsck.py)."""
 import ctypes
+import os
 
 libc = ctypes.CDLL(None, use_errno=True)
+
+MACHINE = os.uname().machine
+# System call numbers per machine.  x86_64 has its own table; aarch64 and
+# riscv64 share the kernel's generic one.
+_SYSCALLS: dict[str, dict[str, int]] = {
+    "x86_64": {"openat2": 437, "futex": 202, "ioprio_set": 251, "ioprio_get": 252},
+    "aarch64": {"openat2": 437, "futex": 98, "ioprio_set": 30, "ioprio_get": 31},
+    "riscv64": {"openat2": 437, "futex": 98, "ioprio_set": 30, "ioprio_get": 31},
+}
+# Elsewhere: openat2 is new enough (Linux 5.6) to have the same number on every
+# architecture with the common numbering (the start-up probe of store/fs.py
+# checks it); the others are left unused, see machine_note().
+_FALLBACK = {"openat2": 437}
+_table = _SYSCALLS.get(MACHINE, _FALLBACK)
+
+
+def syscall_number(name: str) -> int | None:
+    """The number of system call ``name`` on this machine; None if unknown."""
+    return _table.get(name)
+
+
+def machine_note() -> str | None:
+    """What start-up says on a machine without a table (None: it has one)."""
+    if MACHINE in _SYSCALLS:
+        return None
+    return (f"no system call table for {MACHINE} (mogstored/libc.py): openat2 tried as {_FALLBACK['openat2']}; "
+            "fsck digests run at the normal I/O priority; the I/O pools' grower cannot tell a thread waiting "
+            "for the interpreter lock from one computing")
 
 
 def trim_heap() -> None:

@@ -17,8 +17,10 @@ pinned     every server on CPU ``--server-cpu`` (1), nginx with ONE worker;
            the load generator on ``--client-cpu`` (0).  Shows the cost of
            one request on one CPU.
 unpinned   servers free to use every CPU, as operators run them (nginx with
-           ``--nginx-workers`` or ours' ``--worker-processes``); the load
-           generator still on CPU 0.  For a Python server this shows what
+           ``worker_processes auto``, or ``--nginx-workers``, or the number
+           given to ours' ``--worker-processes``; ours as
+           ``--mogstored-args`` says, e.g. ``--worker-processes=auto``); the
+           load generator still on CPU 0.  For a Python server this shows what
            the interpreter lock costs when threads bounce between CPUs.
 Both run by default, each with freshly started servers; the last table
 gives ``unpinned / pinned`` per server.
@@ -40,9 +42,13 @@ mgmt_md5    sidechannel ``MD5`` of a 1 MiB file, 4 connections; commands/s.
 idle_rss    resident memory: the RSS right after start-up, and the KiB each
             of 5000 idle connections adds (lower is better for both).
 
-Besides the figure, each round records the server's CPU time (utime +
-stime of every process in its session, from /proc) per request, and wrk's
-p50/p99 latency.
+Besides the figure, each round records where the server's time went: its
+user and system CPU time per request (``usr us``, ``sys us``: every thread
+of every process of its session, so nginx's workers and ours, and our
+worker processes, count too), and wrk's p50/p99 latency.  A PNG beside the
+tables plots the ratios and that split (``--plot``; needs matplotlib, the
+``bench`` extra: ``pip install -e '.[bench]'``; skipped with a message
+without it).
 
 Method
 ------
@@ -261,17 +267,22 @@ class Server:
                 out.append(int(entry))
         return out
 
-    def cpu_seconds(self) -> float:
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of every process of the session.  A
+        process's /proc/PID/stat is the sum over all its threads, those that
+        have exited included (pool threads leave after 10 s idle), which the
+        live /proc/PID/task/*/stat entries alone would miss."""
         ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
+        user = system = 0
         for pid in self.pids():
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / ticks
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
+        return user / ticks, system / ticks
 
     def rss_kib(self) -> int:
         total = 0
@@ -314,7 +325,7 @@ def nginx_binary() -> str:
     return path
 
 
-def nginx_config(workdir: Path, docroot: Path, port: int, workers: int) -> str:
+def nginx_config(workdir: Path, docroot: Path, port: int, workers: int | str) -> str:
     user = "user root;" if os.geteuid() == 0 else ""
     tmp = workdir / "tmp"
     return f"""\
@@ -349,7 +360,7 @@ http {{
 """
 
 
-def start_nginx(spec: ServerSpec, workdir: Path, docroot: Path, workers: int,
+def start_nginx(spec: ServerSpec, workdir: Path, docroot: Path, workers: int | str,
                 cpu: int | None) -> Server:
     """Start nginx in the foreground (daemon off) so that we own its PID."""
     workdir.mkdir(parents=True)
@@ -364,7 +375,7 @@ def start_nginx(spec: ServerSpec, workdir: Path, docroot: Path, workers: int,
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=pin_to(cpu))
-    return Server(spec, f"nginx ({workers} worker{'s' * (workers > 1)})", port,
+    return Server(spec, f"nginx (worker_processes {workers})", port,
                   None, proc, log_path, signal.SIGQUIT)
 
 
@@ -374,6 +385,9 @@ def start_mogstored(spec: ServerSpec, workdir: Path, docroot: Path,
     port, mgmt_port = free_port(), free_port()
     metrics_url = None
     args = spec.args
+    if spec.name == "base":  # it may predate --worker-processes=auto: the number it means
+        cpus = 1 if cpu is not None else len(os.sched_getaffinity(0))
+        args = re.sub(r"(--worker-processes[= ])auto\b", rf"\g<1>{cpus}", args)
     if "{metrics}" in args:
         metrics_port = free_port()
         args = args.replace("{metrics}", f"127.0.0.1:{metrics_port}")
@@ -772,20 +786,24 @@ def run_scenario(mode: str, scenario: Scenario, servers: list[Server],
         for server in servers:
             run_load(server, scenario, workdir, args.warmup, args)
     for server in round_order(servers, args.rounds):
-        cpu0 = server.cpu_seconds()
+        user0, sys0 = server.cpu_times()
         with Scraper(server.metrics_url) as scraper:
             res = run_load(server, scenario, workdir, args.seconds, args)
-        cpu = server.cpu_seconds() - cpu0
+        user1, sys1 = server.cpu_times()
         value = res.value(scenario)
         if scraper.failures:
             res.errors["scrape"] = scraper.failures
-        cpu_us = 1e6 * cpu / res.requests if res.requests else None
+        per = 1e6 / res.requests if res.requests else None
+        user_us = None if per is None else (user1 - user0) * per
+        sys_us = None if per is None else (sys1 - sys0) * per
+        cpu_us = None if per is None else (user1 - user0 + sys1 - sys0) * per
         flag = f"  ERRORS {res.errors}" if res.error_count() else ""
         log(f"{mode:8s} {scenario.name:10s} {server.name:8s} {value:12.1f} "
             f"{scenario.unit}  (p99 {res.p99_ms:.2f} ms, cpu "
-            f"{cpu_us or 0:.1f} us/op){flag}")
+            f"{user_us or 0:.1f} usr + {sys_us or 0:.1f} sys us/op){flag}")
         result.rounds.setdefault(server.name, []).append(
-            {"value": value, "cpu_us": cpu_us, "scrapes": scraper.count, **asdict(res)})
+            {"value": value, "cpu_us": cpu_us, "user_us": user_us, "sys_us": sys_us,
+             "scrapes": scraper.count, **asdict(res)})
     return result
 
 
@@ -801,7 +819,8 @@ def print_tables(results: list[ScenarioResult], names: list[str],
           f"ABBA order, wrk -t{args.wrk_threads}, load generator on CPU "
           f"{args.client_cpu}, docroot under {args.tmpdir or tempfile.gettempdir()}. "
           f"Figures are means of rounds; '±' is the (max-min)/mean spread of rounds; "
-          f"cpu = server CPU time per request.")
+          f"usr/sys = the server's user/system CPU time per request (all its processes "
+          f"and threads).")
     refs = [n for n in ("nginx", "ours", "base") if n in names]
     for mode in args.mode_list:
         print(f"\n== {mode} " + ("(servers on CPU %d)" % args.server_cpu
@@ -809,7 +828,7 @@ def print_tables(results: list[ScenarioResult], names: list[str],
         for name in names:
             print(f"  {name:8s} = {labels[mode].get(name, '-')}")
         header = (f"{'scenario':10s} {'unit':>8s} {'server':8s} {'figure':>11s} "
-                  f"{'±':>4s} {'p99 ms':>7s} {'cpu us':>7s}"
+                  f"{'±':>4s} {'p99 ms':>7s} {'usr us':>7s} {'sys us':>7s}"
                   + "".join(f" {'/' + r:>7s}" for r in refs))
         print(header)
         print("-" * len(header))
@@ -825,7 +844,7 @@ def print_tables(results: list[ScenarioResult], names: list[str],
                       f"{fmt(r.mean(name), 11)} "
                       f"{fmt(None if spread is None else 100 * spread, 4, 0, '%')} "
                       f"{fmt(r.mean(name, 'p99_ms'), 7, 2)} "
-                      f"{fmt(r.mean(name, 'cpu_us'), 7)}"
+                      f"{fmt(r.mean(name, 'user_us'), 7)} {fmt(r.mean(name, 'sys_us'), 7)}"
                       + "".join(f" {fmt(r.ratio(name, ref), 7, 2)}" for ref in refs)
                       + (f"   !! {errs} errors" if errs else ""))
                 first = False
@@ -865,23 +884,81 @@ def json_report(results: list[ScenarioResult], labels: dict[str, dict[str, str]]
     }
 
 
+def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(server, reference) pairs worth a ratio: ours and the baseline against
+    nginx, ours against the baseline, each variant against ours and nginx."""
+    pairs = [("ours", "nginx"), ("ours", "base"), ("base", "nginx")]
+    pairs += [(v, ref) for v in names if v not in ("nginx", "ours", "base")
+              for ref in ("ours", "nginx")]
+    return [(a, b) for a, b in pairs if a in names and b in names]
+
+
+def plot(results: list[ScenarioResult], names: list[str], args: argparse.Namespace) -> None:
+    """The PNG beside the tables: per mode, the ratios per scenario (higher is
+    better) and each server's user + system CPU time per request."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log(f"plot skipped ({args.plot}): matplotlib is not installed "
+            f"(pip install -e '.[bench]')")
+        return
+    pairs = ratio_pairs(names)
+    modes = args.mode_list
+    fig, axes = plt.subplots(len(modes), 2, figsize=(15, 4.5 * len(modes)), squeeze=False)
+    for row, mode in zip(axes, modes):
+        timed = [r for r in results if r.mode == mode and r.scenario.kind != "idle"]
+        ratio_ax, cpu_ax = row
+        width = 0.8 / max(1, len(pairs))
+        for k, (a, b) in enumerate(pairs):
+            xs = [i + k * width for i, r in enumerate(timed) if r.ratio(a, b) is not None]
+            ys = [r.ratio(a, b) for r in timed if r.ratio(a, b) is not None]
+            ratio_ax.bar(xs, ys, width, label=f"{a} / {b}")
+        ratio_ax.axhline(1.0, color="black", linewidth=0.8)
+        ratio_ax.set_xticks([i + 0.4 - width / 2 for i in range(len(timed))],
+                            [r.scenario.name for r in timed], rotation=30, ha="right")
+        ratio_ax.set_title(f"{mode}: ratios of figures (higher is better)")
+        ratio_ax.legend(fontsize="small")
+        # Where the time goes, for the request-rate scenarios: bulk transfers and
+        # digests cost 10-1000 times more per request and would flatten the rest.
+        timed = [r for r in timed if r.scenario.unit in ("req/s", "cmd/s") and r.scenario.command != "MD5"]
+        width = 0.8 / max(1, len(names))
+        for k, name in enumerate(names):
+            xs = [i + k * width for i in range(len(timed))]
+            user = [r.mean(name, "user_us") or 0.0 for r in timed]
+            system = [r.mean(name, "sys_us") or 0.0 for r in timed]
+            bars = cpu_ax.bar(xs, user, width, label=f"{name} user")
+            cpu_ax.bar(xs, system, width, bottom=user, label=f"{name} system",
+                       color=bars.patches[0].get_facecolor() if bars.patches else None,
+                       alpha=0.45)
+        cpu_ax.set_xticks([i + 0.4 - width / 2 for i in range(len(timed))],
+                          [r.scenario.name for r in timed], rotation=30, ha="right")
+        cpu_ax.set_title(f"{mode}: server CPU us per request (user, then system above it)")
+        cpu_ax.legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=90)
+    plt.close(fig)
+    log(f"plot written to {args.plot}")
+
+
 # --------------------------------------------------------------------------
 # Main
 
 
-def worker_count(args: argparse.Namespace) -> int:
-    """nginx workers when unpinned: --nginx-workers, else ours'
-    --worker-processes/-W, else 2."""
+def worker_count(args: argparse.Namespace) -> int | str:
+    """nginx workers when unpinned: --nginx-workers, else the number given to
+    ours' --worker-processes/-W, else "auto" (one per CPU, as ours' auto)."""
     if args.nginx_workers:
-        return args.nginx_workers
+        return int(args.nginx_workers) if args.nginx_workers.isdigit() else args.nginx_workers
     tokens = shlex.split(args.mogstored_args)
     for i, tok in enumerate(tokens):
         m = re.fullmatch(r"(?:--worker-processes=|-W)(\d+)", tok)
         if m:
             return int(m.group(1))
-        if tok in ("--worker-processes", "-W") and i + 1 < len(tokens):
+        if tok in ("--worker-processes", "-W") and i + 1 < len(tokens) and tokens[i + 1].isdigit():
             return int(tokens[i + 1])
-    return 2
+    return "auto"
 
 
 def default_tmpdir() -> str | None:
@@ -927,9 +1004,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="command that starts our daemon (run from the repo root)")
     p.add_argument("--mogstored-args", default="",
                    help="extra arguments for every revision of our daemon")
-    p.add_argument("--nginx-workers", type=int, default=0,
-                   help="nginx worker_processes when unpinned (default: ours' "
-                        "--worker-processes/-W, else 2); pinned: always 1")
+    p.add_argument("--nginx-workers", default="",
+                   help="nginx worker_processes when unpinned, a number or auto "
+                        "(default: the number given to ours' --worker-processes/-W, "
+                        "else auto); pinned: always 1")
+    p.add_argument("--plot", default="bench.png", metavar="PNG",
+                   help="where to write the plot of ratios and CPU split "
+                        "(needs matplotlib; '' for none)")
     p.add_argument("--dry-run", action="store_true",
                    help="run a second nginx in place of ours (tests this script; "
                         "ratios show the noise floor)")
@@ -959,6 +1040,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for v in args.variant:
         if "=" not in v or v.split("=", 1)[0] in ("nginx", "ours", "base", ""):
             p.error(f"--variant takes NAME=ARGS with a new NAME, got {v!r}")
+    if args.nginx_workers and not (args.nginx_workers.isdigit() or args.nginx_workers == "auto"):
+        p.error(f"--nginx-workers takes a number or auto, got {args.nginx_workers!r}")
     if min(args.seconds, args.rounds, args.wrk_threads) < 1:
         p.error("--seconds, --rounds and --wrk-threads must be >= 1")
     return args
@@ -1037,6 +1120,8 @@ def run(args: argparse.Namespace, base: Path, servers: list[Server],
         print(json.dumps(json_report(results, labels, args), indent=2, default=str))
     else:
         print_tables(results, names, labels, args)
+    if args.plot:
+        plot(results, names, args)
     return 1 if any(r.errors(n) for r in results for n in names) else 0
 
 

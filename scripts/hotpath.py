@@ -29,7 +29,7 @@ from mogstored.config.options import Service  # noqa: E402
 from mogstored.event.core import EventQueue  # noqa: E402
 from mogstored.http.connection import HttpConnection  # noqa: E402
 from mogstored.mgmt.connection import MgmtConnection  # noqa: E402
-from mogstored.node import ServiceContext  # noqa: E402
+from mogstored.node.service import ServiceContext  # noqa: E402
 from mogstored.store.fsck import FsckQueues  # noqa: E402
 from mogstored.store.iopool import IoQueues  # noqa: E402
 

@@ -120,10 +120,14 @@ def parser_only(tree: Path, head: bytes) -> float:
     sys.path.insert(0, str(tree.resolve()))
     import importlib  # noqa: PLC0415
 
-    try:  # the layout since the redesign, then the one before it
-        http_parser = importlib.import_module("mogstored.http.parser")
-    except ImportError:
-        http_parser = importlib.import_module("mogstored.http_parser")
+    http_parser = None
+    for name in ("mogstored.http.head", "mogstored.http.parser", "mogstored.http_parser"):  # newest layout first
+        try:
+            http_parser = importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+    assert http_parser is not None
 
     parser = http_parser.HeadParser() if hasattr(http_parser, "HeadParser") else None
     buf = bytearray()

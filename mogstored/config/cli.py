@@ -20,6 +20,7 @@ from mogstored.config.file import (
     ConfigFile,
     Warn,
     check_server,
+    cpus_allowed,
     parse_listen,
     read_config,
 )
@@ -134,7 +135,7 @@ class _CommandLine:
     pidfile: str | None = None
     server: str | None = None
     multi: bool = False
-    worker_processes: int = 0
+    worker_processes: int | None = None
     metricslisten: Listen | None = None
     stallseconds: int | None = None
     durable: bool = False
@@ -182,12 +183,13 @@ def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Opt
     metricslisten = _first([cmd.metricslisten, *(c.metricslisten for c in cmd.configs)])
     _check_metricslisten(metricslisten, services)
     stallseconds = _first([cmd.stallseconds, *(c.stallseconds for c in cmd.configs)])
+    workers = _first([cmd.worker_processes, *(c.worker_processes for c in cmd.configs)])
     return Options(
         services=services,
         daemonize=daemonize and "CMOGSTORED_FD" not in environ,
         pidfile=None if pidfile is None else _canonical_pidfile(pidfile),
         maxconns=maxconns or DEFAULT_MAXCONNS,
-        worker_processes=cmd.worker_processes,
+        worker_processes=workers or 0,
         server=server,
         iostat=all(c.iostat for c in cmd.configs),
         metricslisten=metricslisten,
@@ -290,7 +292,8 @@ def _apply(cmd: _CommandLine, option: str, value: str | None, seen_configs: set[
         if cmd.stallseconds == 0:
             raise StartupError("--stallseconds must be at least 1")
     elif option == "worker-processes":
-        cmd.worker_processes = _parse_number("worker-processes", value or "", UINT_MAX)
+        cmd.worker_processes = (cpus_allowed() if value == "auto"
+                                else _parse_number("worker-processes", value or "", UINT_MAX))
     elif option == "server":
         cmd.server = check_server(value or "", warn)
     elif option in ("docroot", "pidfile"):

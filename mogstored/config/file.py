@@ -6,8 +6,9 @@ cmogstored files (bare ``daemonize``, ``httpgetlisten``) both load; keys neither
 ignored with a warning rather than fatal.  Files named ``*.yaml``/``*.yml`` hold a
 mapping with the same keys.
 
-This module also owns the two value types shared with the command line (listen
-addresses and the ``server`` word) and the start-up error every stage raises.
+This module also owns the value types shared with the command line (listen
+addresses, the ``server`` word, the worker count ``auto``) and the start-up error
+every stage raises.
 """
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def parse_listen(text: str) -> Listen:
     return Listen(".".join(map(str, octets)), port)
 
 
+def cpus_allowed() -> int:
+    """``worker processes = auto``: one worker per CPU this process may run on (its
+    affinity mask, as taskset or a cgroup cpuset leave it), so at least one."""
+    return len(os.sched_getaffinity(0))
+
+
 def check_server(word: str, warn: Warn) -> str:
     """Validate a ``server`` value: ``perlbal`` (served internally, with a warning) or ``none``."""
     if word == "perlbal":
@@ -65,6 +72,7 @@ class ConfigFile:
     iostat: bool = True
     metricslisten: Listen | None = None
     stallseconds: int | None = None
+    worker_processes: int | None = None  # "auto" resolved (cpus_allowed)
     durable: bool = False
     mountcheck: bool = False
 
@@ -154,7 +162,7 @@ _BOOLEAN_KEYS = ("daemonize", "iostat", "durable", "mountcheck")
 _IGNORED_KEYS = ("config", "s")  # Perl accepts them; meaningless inside a config file
 _KNOWN_KEYS = frozenset(
     {*_LISTEN_KEYS, *_BOOLEAN_KEYS, *_IGNORED_KEYS, "docroot", "pidfile", "maxconns", "server", "serverbin",
-     "stallseconds"}
+     "stallseconds", "worker_processes"}
 )
 
 
@@ -187,6 +195,13 @@ def _apply(cfg: ConfigFile, key: str, value: str | None, warn: Warn) -> None:
         if not re.fullmatch(r"[0-9]+", value) or int(value) == 0:
             raise _parser_error(cfg.path, f"failed to parse stallseconds={value}")
         cfg.stallseconds = int(value)
+    elif key == "worker_processes":
+        if value == "auto":
+            cfg.worker_processes = cpus_allowed()
+        elif re.fullmatch(r"[0-9]+", value) and int(value) < 2**32:
+            cfg.worker_processes = int(value)
+        else:
+            raise _parser_error(cfg.path, f"failed to parse worker_processes={value}")
     elif key == "server":
         cfg.server = check_server(value, warn)
     elif key == "serverbin":

@@ -27,32 +27,23 @@ class Next(enum.Enum):
 class State:
     """A named state of a connection; listed in its class's ``STATES``."""
 
-    __slots__ = ("name", "on_pool")
+    __slots__ = ("computes", "name", "on_pool")
 
-    def __init__(self, name: str, on_pool: bool) -> None:
+    def __init__(self, name: str, on_pool: bool, computes: bool = False) -> None:
         self.name = name
         self.on_pool = on_pool  # the step blocks on a disk: run it in the device pool
+        # Its step computes outside the interpreter lock (hashing, copies of whole
+        # buffers, long sendfile calls): a pool thread beside it is worth having
+        # (store/iopool.py, the grower's rule).
+        self.computes = computes
 
     def __repr__(self) -> str:
         return f"<{self.name}{' (pool)' if self.on_pool else ''}>"
 
 
-def states(*names: str, on_pool: bool) -> tuple[State, ...]:
+def states(*names: str, on_pool: bool, computes: bool = False) -> tuple[State, ...]:
     """Several states that run in the same place."""
-    return tuple(State(name, on_pool) for name in names)
-
-
-def send_buffered(sock: socket.socket, out: bytearray) -> Next | None:
-    """One send of ``out`` (what went is dropped from it): None once all is
-    sent, WRITE while the socket is full or bytes remain, CLOSE if the peer is gone."""
-    try:
-        n = sock.send(out)
-    except BlockingIOError:
-        return Next.WRITE
-    except OSError:
-        return Next.CLOSE
-    del out[:n]
-    return Next.WRITE if out else None
+    return tuple(State(name, on_pool, computes) for name in names)
 
 
 class Pool(Protocol):

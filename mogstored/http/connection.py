@@ -1,24 +1,32 @@
-"""One HTTP connection: reads and parses request heads, dispatches each request
-to a transfer object created for it, sends answers made in memory, and
-finishes (keep-alive, pipelining, close).
+"""One HTTP connection: it owns its state, buffers and socket.  It reads and
+parses request heads, dispatches each request to a transfer object created for
+it, runs the transfer's steps and acts on the outcome each returns, sends
+answers, file ranges (sendfile) and receives PUT bodies, and finishes
+(keep-alive, pipelining, close).
 
-Socket reads and request parsing run on epoll workers.  Anything that touches a
-disk (open, stat, sendfile from the file, writes, rename, unlink) is a state
-with ``on_pool`` (states.py lists them): the event core runs it in the I/O pool
-of the device the path names.
+Every state and the step that runs it are in :data:`_STEPS` (states.py says
+where each runs).  Socket reads and request parsing run on epoll workers.
+Anything that touches a disk (open, stat, sendfile from the file, writes,
+rename, unlink) is a state with ``on_pool``: the event core runs it in the I/O
+pool of the device the path names.
 """
 from __future__ import annotations
 
+import errno
+import os
 import socket
+from collections.abc import Callable
+from typing import cast
 
-from mogstored import counters
+from mogstored import counters, log
+from mogstored.event.expiry import tcp_info
 from mogstored.event.step import Next, Pool, State
+from mogstored.event.stream import Stream
 from mogstored.http.dav import DeleteTransfer
+from mogstored.http.fields import MAX_HEAD, HttpError
 from mogstored.http.get import GetTransfer
-from mogstored.http.parser import (
-    MAX_HEAD,
+from mogstored.http.head import (
     HeadParser,
-    HttpError,
     Request,
     check_put_framing,
     parse_whole,
@@ -29,54 +37,45 @@ from mogstored.http.put import PutTransfer
 from mogstored.http.response import error_head, file_head, root_head
 from mogstored.http.states import (
     ANSWERING,
+    BODY,
     CREATING,
     DELETING,
     LOOKING,
     NO_REQUEST,
     NO_TRANSFER,
+    OPEN,
+    OPENING,
     READING,
+    RECEIVING,
+    RECEIVING_BULK,
+    SEND,
+    SENDING,
+    SENDING_BULK,
+    STATES,
+    Result,
     Transfer,
 )
-from mogstored.node import ServiceContext
-from mogstored.store.iopool import IoPool
+from mogstored.node.service import ServiceContext
+from mogstored.store.iopool import IoPool, thread_buffer
 
-_NOTHING = memoryview(b"")
 _NO_HEAD = HeadParser()  # no head byte yet (never parses): idle connections hold no parser of their own
 TRICKLE_PIECES = 8  # a head still incomplete after this many reads is read at most once per event/later.DELAY
+SENDFILE_CHUNK = 1 << 22
+SENDFILE_SLICE = 100 << 20  # bytes per scheduling step before yielding
+_PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ETIMEDOUT)  # sendfile's socket side
 
 
-class HttpConnection:
+class HttpConnection(Stream):
     """A client of an HTTP (or GET-only) listener."""
 
     expirable = True  # idle ones are shut down when descriptors run out (event/expiry.py)
 
-    __slots__ = (
-        "eof",
-        "fd",
-        "get_only",
-        "head",
-        "inbuf",
-        "keepalive",
-        "out",
-        "peer",
-        "pool",
-        "pos",
-        "req",
-        "sock",
-        "state",
-        "svc",
-        "transfer",
-    )
+    __slots__ = ("get_only", "head", "keepalive", "peer", "pool", "req", "state", "svc", "transfer")
 
     def __init__(self, sock: socket.socket, svc: ServiceContext, get_only: bool) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
+        super().__init__(sock)
         self.svc = svc
         self.get_only = get_only
-        self.inbuf = bytearray()
-        self.pos = 0  # start of unprocessed input in inbuf
-        self.out = _NOTHING  # response head bytes not yet sent
-        self.eof = False
         self.state = READING
         self.pool: IoPool = svc.ioq.shared  # the current request's device pool
         self.keepalive = False  # of the current answer
@@ -97,12 +96,7 @@ class HttpConnection:
 
     # -- event core interface --------------------------------------------
     def step(self, pool: Pool | None) -> Next:
-        state = self.state
-        if state is READING:
-            return self._read_head()
-        if state is ANSWERING:
-            return self._answer()
-        return self.transfer.step(pool)
+        return _STEPS[self.state](self)
 
     def idle(self) -> bool:
         return self.state is READING and self.pos >= len(self.inbuf)
@@ -111,46 +105,35 @@ class HttpConnection:
         self.transfer.release()
         self.sock.close()
 
-    # -- reading and dispatching requests --------------------------------
-    def _read_head(self) -> Next:
-        drained = False  # the last recv got less than asked: nothing more is queued
-        while True:
-            parsed = None
-            if self.pos < len(self.inbuf):
-                try:
-                    if self.head is not _NO_HEAD:
-                        parsed = self.head.parse(self.inbuf, self.pos)
-                    elif (parsed := parse_whole(self.inbuf, self.pos)) is None:  # the usual head, no parser
-                        self.head = HeadParser()
-                        parsed = self.head.parse(self.inbuf, self.pos)
-                except HttpError as e:
-                    self.req = Request("other", "", False, started=counters.now())  # metrics: a head refused
-                    return self.fail(e.status)
-            if parsed is not None:
-                req, self.pos = parsed
-                self.head = _NO_HEAD
-                return self._dispatch(req)
-            if self.eof:
-                return Next.CLOSE
-            if drained:  # one recv per wake-up; a head in many small pieces waits a moment
-                return Next.LATER if self.head.pieces >= TRICKLE_PIECES else Next.READ
-            want = MAX_HEAD + 1 - (len(self.inbuf) - self.pos)
-            try:
-                data = self.sock.recv(want)
-            except BlockingIOError:
-                # Shutting down: closed only once nothing at all has arrived (a
-                # request already sent is answered, not reset by the close).
-                return Next.CLOSE if self.svc.process.quitting and self.pos >= len(self.inbuf) else Next.READ
-            except OSError:
-                return Next.CLOSE
-            if not data:
-                self.eof = True
-                continue
-            drained = len(data) < want
-            if self.pos:
-                del self.inbuf[: self.pos]
-                self.pos = 0
-            self.inbuf += data
+    # -- reading and dispatching requests (READING: Stream._read) -------------
+    def _take(self) -> Next | None:
+        """The next head, once whole, dispatched."""
+        if self.pos >= len(self.inbuf):
+            return None
+        try:
+            if self.head is not _NO_HEAD:
+                parsed = self.head.parse(self.inbuf, self.pos)
+            elif (parsed := parse_whole(self.inbuf, self.pos)) is None:  # the usual head, no parser
+                self.head = HeadParser()
+                parsed = self.head.parse(self.inbuf, self.pos)
+        except HttpError as e:
+            self.req = Request("other", "", False, started=counters.now())  # metrics: a head refused
+            return self.fail(e.status)
+        if parsed is None:
+            return None
+        req, self.pos = parsed
+        self.head = _NO_HEAD
+        return self._dispatch(req)
+
+    def _want(self) -> int:
+        return MAX_HEAD + 1 - (len(self.inbuf) - self.pos)
+
+    def _short_read(self) -> Next:
+        """A head in many small pieces waits a moment (event/later.py)."""
+        return Next.LATER if self.head.pieces >= TRICKLE_PIECES else Next.READ
+
+    def _quitting(self) -> bool:
+        return self.svc.process.quitting
 
     def _dispatch(self, req: Request) -> Next:
         self.req = req
@@ -168,31 +151,145 @@ class HttpConnection:
         if status is not None:
             return self.fail(status) if method == "PUT" else self.answer(error_head(status, keep))
         rel = path.lstrip("/")
+        svc = self.svc
         if reading:
-            usage = self.svc.usage_body(path)
+            usage = svc.usage_body(path)
             if usage is not None:
                 return self._answer_bytes(req, *usage)
-            return self._start(GetTransfer(self, req, rel), LOOKING, path)
+            pool = self.pool = svc.ioq.for_path(svc.docroot.path, path)
+            get = GetTransfer(svc, pool, req, rel)
+            self.transfer = get
+            self.state = LOOKING
+            return self._then(get.look())  # LOOKING runs anywhere: here, in this step
         if method == "PUT":
-            if self.svc.refuses_writes(path):
+            if svc.refuses_writes(path):
                 return self.fail(507)
             try:
                 check_put_framing(req)
             except HttpError as e:
                 return self.fail(e.status)
-            return self._start(PutTransfer(self, req, rel), CREATING, path)
+            pool = self.pool = svc.ioq.for_path(svc.docroot.path, path)
+            self.transfer = PutTransfer(svc, pool, req, rel)
+            return self._enter(CREATING)
         if method == "DELETE":
-            return self._start(DeleteTransfer(self, rel, keep), DELETING, path)
+            pool = self.pool = svc.ioq.for_path(svc.docroot.path, path)
+            self.transfer = DeleteTransfer(svc, pool, rel, keep)
+            return self._enter(DELETING)
         # MKCOL never creates anything: the tracker takes 400 as "no MKCOL here".
         return self.answer(error_head(400, keep))
 
-    def _start(self, transfer: Transfer, state: State, path: str) -> Next:
-        self.transfer = transfer
-        self.pool = self.svc.ioq.for_path(self.svc.docroot.path, path)
+    # -- the table's steps and their outcomes ------------------------------
+    def _enter(self, state: State) -> Next:
+        """Go to ``state``: its step runs now where it may run here (any thread, or
+        this request's pool when already in it), else the core hops to the pool."""
+        here_in_pool = self.state.on_pool
         self.state = state
-        if state.on_pool:
-            return Next.RUN  # the core hops to the pool
-        return transfer.step(None)  # runs here (LOOKING): no hop to make
+        if state.on_pool and not here_in_pool:
+            return Next.RUN
+        return _STEPS[state](self)
+
+    def _then(self, outcome: Result) -> Next:
+        """Act on what a transfer step returned."""
+        kind = outcome.__class__
+        if kind is bytearray or kind is bytes:
+            return self.answer(outcome)  # type: ignore[arg-type]  # (mypy: not narrowed by __class__)
+        if kind is int:
+            return self.fail(outcome)  # type: ignore[arg-type]
+        if outcome is SEND:
+            get = cast(GetTransfer, self.transfer)
+            self.out = get.head
+            return self._enter(SENDING_BULK if get.remaining >= SENDFILE_CHUNK else SENDING)
+        if outcome is OPEN:
+            return self._enter(OPENING)
+        assert outcome is BODY
+        return self._enter(RECEIVING)
+
+    def _look(self) -> Next:
+        return self._then(cast(GetTransfer, self.transfer).look())
+
+    def _open(self) -> Next:
+        return self._then(cast(GetTransfer, self.transfer).open())
+
+    def _create(self) -> Next:
+        return self._then(cast(PutTransfer, self.transfer).create())
+
+    def _delete(self) -> Next:
+        return self.answer(cast(DeleteTransfer, self.transfer).delete())
+
+    def _send(self) -> Next:
+        """SENDING: the head, then the file range, by sendfile as the socket drains."""
+        get = cast(GetTransfer, self.transfer)
+        if get.remaining < SENDFILE_CHUNK:
+            self.state = SENDING  # short sendfile calls from here on: not computing
+        if self.out and (nxt := self._send_out(socket.MSG_MORE)) is not None:
+            return nxt
+        stats = self.pool.stats
+        sent = 0
+        while get.remaining > 0:
+            try:
+                n = os.sendfile(self.fd, get.file, get.offset, min(get.remaining, SENDFILE_CHUNK))
+            except BlockingIOError:
+                return Next.WRITE
+            except OSError as e:
+                if e.errno not in _PEER_GONE:  # the file's read failed: close short of Content-Length
+                    self.pool.disk_error(e, f"GET {get.req.path}: sendfile() at offset={get.offset}")
+                return Next.CLOSE
+            if n == 0:
+                log.error(f"sendfile()-d 0 bytes at offset={get.offset}; file truncated?")
+                return Next.CLOSE
+            get.offset += n
+            get.remaining -= n
+            sent += n
+            stats.sent += n
+            if sent >= SENDFILE_SLICE and get.remaining:
+                return Next.ACTIVE
+        return self.finish()
+
+    def _receive(self) -> Next:
+        """RECEIVING: the body bytes that came with the head, then what the socket
+        has, into the transfer; then its commit."""
+        put = cast(PutTransfer, self.transfer)
+        try:
+            if self.pos < len(self.inbuf):
+                # One copy (at most one head's worth): a view kept by a write error's
+                # traceback would pin inbuf.
+                with memoryview(self.inbuf) as whole:
+                    body = bytes(whole[self.pos :])
+                self.pos += put.consume(memoryview(body))
+                if self.pos >= len(self.inbuf):
+                    self.inbuf.clear()
+                    self.pos = 0
+            buf = thread_buffer()
+            # Hashing, or copies of whole buffers: another thread may run beside this one.
+            self.state = RECEIVING_BULK if put.computes(len(buf)) else RECEIVING
+            while not put.done():
+                try:
+                    n = self.sock.recv_into(buf, put.want(len(buf)))
+                except BlockingIOError:
+                    return Next.READ
+                except OSError as e:
+                    return self._abort(put, e.strerror or "recv failed")
+                if n == 0:
+                    return self._abort(put, "premature EOF")
+                used = put.consume(buf[:n])
+                if used < n:  # the next request, pipelined after a chunked body
+                    self.inbuf += buf[used:n]
+        except HttpError as e:
+            put.discard()
+            return self.fail(e.status)
+        except OSError as e:
+            return self.fail(put.write_failed(e))
+        return self._then(put.commit())
+
+    def _abort(self, put: PutTransfer, why: str) -> Next:
+        """The client went away mid-body: no response, no file (§1.8)."""
+        req = put.req
+        info = tcp_info(self.sock)
+        last_recv = 0 if info is None else info.last_data_recv
+        log.error(f"PUT {req.path} failed from {self.peer} after {put.progress()} bytes: {why}")
+        log.error(f"last_data_recv={last_recv}ms from {self.peer} for PUT {req.path}")
+        put.discard()
+        return Next.CLOSE
 
     # -- responses (any thread) -------------------------------------------
     def fail(self, status: int) -> Next:
@@ -206,7 +303,7 @@ class HttpConnection:
     def answer(self, head: bytes | bytearray) -> Next:
         """Send ``head`` (a whole answer), then finish."""
         self.req.status = int(head[9:12])  # metrics
-        self.out = memoryview(head)
+        self.out = head
         self.state = ANSWERING
         return self._answer()
 
@@ -222,27 +319,14 @@ class HttpConnection:
         return self.answer(head if req.method == "HEAD" else head + body[first : last + 1])
 
     def _answer(self) -> Next:
-        if not self.flush():
-            return Next.WRITE
+        """ANSWERING: send the answer, then finish."""
+        nxt = self._send_out()
+        if nxt is Next.WRITE:
+            return nxt
+        if nxt is Next.CLOSE:  # the peer is gone: finished all the same (metrics), then closed
+            self.eof = True
+            self.keepalive = False
         return self.finish()
-
-    def flush(self, more: bool = False) -> bool:
-        """Send pending head bytes; False while the socket is full."""
-        out = self.out
-        while out:
-            try:
-                n = self.sock.send(out, socket.MSG_MORE if more else 0)
-            except BlockingIOError:
-                self.out = out
-                return False
-            except OSError:
-                self.out = _NOTHING
-                self.eof = True
-                self.keepalive = False
-                return True
-            out = out[n:]
-        self.out = _NOTHING
-        return True
 
     def finish(self) -> Next:
         """The response is out: close, or go on with the next request."""
@@ -251,16 +335,19 @@ class HttpConnection:
         self.state = READING
         counters.http_request(self.req.method, self.req.status, self.req.started)
         self.req = NO_REQUEST
-        if not self.keepalive:
-            return Next.CLOSE
-        if self.pos < len(self.inbuf):
-            return Next.ACTIVE  # pipelined: behind the other ready clients
-        self.inbuf.clear()
-        self.pos = 0
-        if self.eof:
-            return Next.CLOSE
-        if self.svc.process.quitting:
-            # The socket may hold the start of the next request (a PUT body read to its
-            # last byte leaves it there): _read_head answers it, or closes if none came.
-            return Next.ACTIVE
-        return Next.READ
+        return self._after_answer(self.keepalive)
+
+
+_STEPS: dict[State, Callable[[HttpConnection], Next]] = {
+    READING: HttpConnection._read,
+    ANSWERING: HttpConnection._answer,
+    LOOKING: HttpConnection._look,
+    OPENING: HttpConnection._open,
+    SENDING: HttpConnection._send,
+    SENDING_BULK: HttpConnection._send,
+    CREATING: HttpConnection._create,
+    RECEIVING: HttpConnection._receive,
+    RECEIVING_BULK: HttpConnection._receive,
+    DELETING: HttpConnection._delete,
+}
+assert set(_STEPS) == set(STATES) and len(_STEPS) == len(STATES)

@@ -6,11 +6,11 @@ import errno
 import os
 import stat
 
-from mogstored.event.step import Next, Pool
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head
-from mogstored.http.states import Connection
+from mogstored.node.service import ServiceContext
 from mogstored.store.fs import sync_dir
+from mogstored.store.iopool import IoPool
 
 
 def refuse_symlink(dirfd: int, name: str) -> bool:
@@ -29,32 +29,34 @@ def refuse_symlink(dirfd: int, name: str) -> bool:
 class DeleteTransfer:
     """One DELETE, run in DELETING (the device pool)."""
 
-    __slots__ = ("conn", "keepalive", "rel")
+    __slots__ = ("keepalive", "pool", "rel", "svc")
 
-    def __init__(self, conn: Connection, rel: str, keepalive: bool) -> None:
-        self.conn = conn
+    def __init__(self, svc: ServiceContext, pool: IoPool, rel: str, keepalive: bool) -> None:
+        self.svc = svc
+        self.pool = pool
         self.rel = rel  # has a "/": refusal() sent the rest away
         self.keepalive = keepalive
 
-    def step(self, pool: Pool | None) -> Next:
-        conn = self.conn
+    def delete(self) -> bytes:
+        """DELETING: the answer."""
+        svc = self.svc
         dirfd = -1
         try:
-            dirfd, name = conn.svc.docroot.open_parent(self.rel)
+            dirfd, name = svc.docroot.open_parent(self.rel)
             if not name:  # "devN/dir/": what opened as a directory is the target (EISDIR)
-                return conn.answer(error_head(403, self.keepalive))
+                return error_head(403, self.keepalive)
             refuse_symlink(dirfd, name)
             os.unlink(name, dir_fd=dirfd)
-            if conn.svc.durable:
+            if svc.durable:
                 sync_dir(dirfd)
         except OSError as e:
-            conn.pool.disk_error(e, f"DELETE /{self.rel}")
-            return conn.answer(error_head(status_for(e.errno, Op.DELETE), self.keepalive))
+            self.pool.disk_error(e, f"DELETE /{self.rel}")
+            return error_head(status_for(e.errno, Op.DELETE), self.keepalive)
         finally:
             if dirfd >= 0:
                 os.close(dirfd)
-        conn.svc.on_change(self.rel)
-        return conn.answer(error_head(204, self.keepalive))
+        svc.on_change(self.rel)
+        return error_head(204, self.keepalive)
 
     def release(self) -> None:
         pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import errno
 
-from mogstored.http.parser import is_put_path
+from mogstored.http.head import is_put_path
 
 
 def refusal(method: str, path: str) -> int | None:

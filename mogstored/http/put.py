@@ -1,24 +1,25 @@
 """PUT (§3.6): an unnamed file in the target's directory (or the target itself
-for a Content-Range write), the body written as it arrives, MD5 checked, then
-fchmod and linked into place (store/atomic.py).  Everything runs in the device pool; while the
-socket is empty the client waits in epoll holding no thread."""
+for a Content-Range write), the body written as the connection receives it, MD5
+checked, then fchmod and linked into place (store/atomic.py).  Everything runs
+in the device pool; while the socket is empty the client waits in epoll holding
+no thread."""
 from __future__ import annotations
 
 import errno
 import os
 
 from mogstored import digests, log
-from mogstored.event.expiry import tcp_info
-from mogstored.event.step import Next, Pool
+from mogstored.http.chunked import ChunkedDecoder
 from mogstored.http.dav import refuse_symlink
-from mogstored.http.parser import ChunkedDecoder, HttpError, Request
+from mogstored.http.head import Request
 from mogstored.http.paths import Op, status_for
 from mogstored.http.response import error_head
-from mogstored.http.states import RECEIVING, Connection, FileTransfer
+from mogstored.http.states import BODY, FileTransfer, Result
+from mogstored.node.service import ServiceContext
 from mogstored.store import atomic
 from mogstored.store.devices import umask
 from mogstored.store.fs import Docroot
-from mogstored.store.iopool import computing, thread_buffer
+from mogstored.store.iopool import IoPool
 
 _PUT_MODE = 0o666 & ~umask()
 
@@ -28,8 +29,8 @@ class PutTransfer(FileTransfer):
 
     __slots__ = ("chunks", "dirfd", "md5", "offset", "remaining", "replacing", "tmpname", "written")
 
-    def __init__(self, conn: Connection, req: Request, rel: str) -> None:
-        super().__init__(conn, req, rel)
+    def __init__(self, svc: ServiceContext, pool: IoPool, req: Request, rel: str) -> None:
+        super().__init__(svc, pool, req, rel)
         self.dirfd = -1
         self.tmpname: str | None = None  # a named temp file (no O_TMPFILE here)
         self.replacing = False  # the target existed when the file was created
@@ -40,9 +41,6 @@ class PutTransfer(FileTransfer):
         self.chunks = ChunkedDecoder() if req.chunked else None
         self.remaining = 0 if req.chunked else req.content_length or 0
 
-    def step(self, pool: Pool | None) -> Next:
-        return self._receive() if self.conn.state is RECEIVING else self._open()
-
     def release(self) -> None:
         super().release()
         if self.dirfd >= 0:
@@ -50,24 +48,23 @@ class PutTransfer(FileTransfer):
             self.dirfd = -1
 
     # -- CREATING ------------------------------------------------------------
-    def _open(self) -> Next:
-        conn = self.conn
-        docroot = conn.svc.docroot
+    def create(self) -> Result:
+        """BODY once the file is there, or the status of the failure."""
+        docroot = self.svc.docroot
         try:
-            conn.svc.process.retry_open(lambda: self._create_with_parents(docroot))
+            self.svc.process.retry_open(lambda: self._create_with_parents(docroot))
         except OSError as e:
-            conn.pool.stats.io_error(e.errno)
+            self.pool.stats.io_error(e.errno)
             log.error(f"problem starting PUT for path={self.req.path} ({e.strerror})")
-            return conn.fail(status_for(e.errno, Op.WRITE))
-        conn.state = RECEIVING
-        return self._receive()
+            return status_for(e.errno, Op.WRITE)
+        return BODY
 
     def _create_with_parents(self, docroot: Docroot) -> None:
         try:
             self._create(docroot)
         except FileNotFoundError:
             self.release()  # a directory vanishing under us must not leak dirfd
-            docroot.makedirs(self.rel.rpartition("/")[0], sync=self.conn.svc.durable)
+            docroot.makedirs(self.rel.rpartition("/")[0], sync=self.svc.durable)
             self._create(docroot)
 
     def _create(self, docroot: Docroot) -> None:
@@ -79,52 +76,22 @@ class PutTransfer(FileTransfer):
             return
         self.file, self.tmpname = atomic.create(self.dirfd, name)
 
-    # -- RECEIVING -------------------------------------------------------------
-    def _receive(self) -> Next:
-        conn = self.conn
-        try:
-            # Body bytes that arrived with the head come first.
-            if conn.pos < len(conn.inbuf):
-                # One copy (at most one head's worth): a view kept by a write error's
-                # traceback would pin inbuf.
-                with memoryview(conn.inbuf) as whole:
-                    body = bytes(whole[conn.pos :])
-                used = self._consume(memoryview(body))
-                conn.pos += used
-                if conn.pos >= len(conn.inbuf):
-                    conn.inbuf.clear()
-                    conn.pos = 0
-            buf = thread_buffer()
-            if self.md5 is not None or self.remaining >= len(buf):
-                computing()  # hashing, or copies of whole buffers: another thread may run beside this one
-            while not self._body_done():
-                want = len(buf) if self.chunks is not None else min(len(buf), self.remaining)
-                try:
-                    n = conn.sock.recv_into(buf, want)
-                except BlockingIOError:
-                    return Next.READ
-                except OSError as e:
-                    return self._abort(e.strerror or "recv failed")
-                if n == 0:
-                    return self._abort("premature EOF")
-                used = self._consume(buf[:n])
-                if used < n:  # the next request, pipelined after a chunked body
-                    conn.inbuf += buf[used:n]
-        except HttpError as e:
-            self._discard_tmp()
-            return conn.fail(e.status)
-        except OSError as e:
-            conn.pool.stats.io_error(e.errno)
-            log.error(f"pwrite() to {self.req.path} failed at offset: {self.offset}: {e.strerror}")
-            self._discard_tmp()
-            return conn.fail(status_for(e.errno, Op.WRITE))
-        return self._commit()
+    # -- RECEIVING: the connection hands in what it receives -----------------------
+    def computes(self, bufsize: int) -> bool:
+        """The next receiving step hashes, or copies whole buffers of ``bufsize``."""
+        return self.md5 is not None or self.remaining >= bufsize
 
-    def _body_done(self) -> bool:
+    def want(self, bufsize: int) -> int:
+        """How much to receive next, at most ``bufsize``: never past a body of known length."""
+        return bufsize if self.chunks is not None else min(bufsize, self.remaining)
+
+    def done(self) -> bool:
         return self.chunks.done if self.chunks is not None else self.remaining == 0
 
-    def _consume(self, data: memoryview) -> int:
-        """Write body bytes from ``data``; return how many belonged to the body."""
+    def consume(self, data: memoryview) -> int:
+        """Write body bytes from ``data``; return how many belonged to the body
+        (what follows a chunked body is the next request's).  HttpError for a
+        bad chunked framing, OSError from the disk (see :meth:`write_failed`)."""
         chunks = self.chunks
         if chunks is None:
             n = min(len(data), self.remaining)
@@ -150,54 +117,57 @@ class PutTransfer(FileTransfer):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self.offset += n
             self.written += n
-            self.conn.pool.stats.received += n
+            self.pool.stats.received += n
             data = data[n:]
 
-    def _abort(self, why: str) -> Next:
-        """The client went away mid-body: no response, no file (§1.8)."""
-        conn, req = self.conn, self.req
-        info = tcp_info(conn.sock)
-        last_recv = 0 if info is None else info.last_data_recv
-        done = self.offset if req.content_range else self.written
-        log.error(f"PUT {req.path} failed from {conn.peer} after {done} bytes: {why}")
-        log.error(f"last_data_recv={last_recv}ms from {conn.peer} for PUT {req.path}")
-        self._discard_tmp()
-        return Next.CLOSE
+    def write_failed(self, e: OSError) -> int:
+        """A write failed: counted, logged, the file dropped; the status to fail with."""
+        self.pool.stats.io_error(e.errno)
+        log.error(f"pwrite() to {self.req.path} failed at offset: {self.offset}: {e.strerror}")
+        self.discard()
+        return status_for(e.errno, Op.WRITE)
 
-    def _discard_tmp(self) -> None:
+    def progress(self) -> int:
+        """Body bytes in place so far (for the log when the client goes away)."""
+        return self.offset if self.req.content_range else self.written
+
+    def discard(self) -> None:
+        """No file: the temp name unlinked (an unnamed file goes with its descriptor)."""
         if self.tmpname is not None and self.dirfd >= 0:
             try:
                 os.unlink(self.tmpname, dir_fd=self.dirfd)
             except OSError as e:
-                log.error(f"Failed to unlink {self.tmpname} (in {self.conn.svc.docroot.path}): {e.strerror}")
+                log.error(f"Failed to unlink {self.tmpname} (in {self.svc.docroot.path}): {e.strerror}")
             self.tmpname = None
         self.release()
 
-    def _commit(self) -> Next:
-        conn, req = self.conn, self.req
+    def commit(self) -> Result:
+        """The body is complete: checked and linked into place; the answer, or the
+        status of the failure."""
+        req = self.req
         if self.md5 is not None:
             expected = self.chunks.trailer_md5 if self.chunks is not None and self.chunks.trailer_md5 else req.content_md5
             if expected != self.md5.digest():
-                self._discard_tmp()  # mismatch keeps the connection (§3.6.4)
-                return conn.answer(error_head(400, req.keepalive))
+                self.discard()  # mismatch keeps the connection (§3.6.4)
+                return error_head(400, req.keepalive)
         try:
             os.fchmod(self.file, _PUT_MODE)
         except OSError as e:
-            conn.pool.stats.io_error(e.errno)
+            self.pool.stats.io_error(e.errno)
             log.error(f"fchmod() failed: {e.strerror}")
-            self._discard_tmp()
-            return conn.fail(500)
+            self.discard()
+            return 500
         name = self.rel.rpartition("/")[2]
         try:
-            atomic.commit(self.file, self.tmpname, self.dirfd, name, conn.svc.durable,
+            atomic.commit(self.file, self.tmpname, self.dirfd, name, self.svc.durable,
                           in_place=req.content_range is not None, replacing=self.replacing)
         except OSError as e:
-            conn.pool.stats.io_error(e.errno)
+            self.pool.stats.io_error(e.errno)
             log.error(f"committing {req.path} failed: {e.strerror}")
             if isinstance(e, atomic.Unsynced):
                 self.tmpname = None  # renamed into place already: nothing left to unlink
-            self._discard_tmp()
-            return conn.fail(500)
+            self.discard()
+            return 500
         self.tmpname = None
-        conn.svc.on_change(self.rel)
-        return conn.answer(error_head(201, req.keepalive))
+        self.svc.on_change(self.rel)
+        return error_head(201, req.keepalive)

@@ -1,37 +1,66 @@
-"""The states of an HTTP connection and the interfaces between the connection
-(connection.py) and its per-request transfers (get.py, put.py, dav.py).
+"""The states of an HTTP connection, and what a per-request transfer (get.py,
+put.py, dav.py) returns to its connection (connection.py): an outcome, never a
+write to the connection or a call back into it.
 
-    READING    head bytes in, parse; dispatch               (any thread)
-    ANSWERING  send an answer made in memory, then finish   (any thread)
-    LOOKING    GET/HEAD from the caches if that cannot block:
-               cached lookup, fstat, page-cache read (get.py) (any thread)
-    OPENING    GET/HEAD: open, fstat, head  (get.py)        (device pool)
-    SENDING    GET body by sendfile         (get.py)        (device pool)
-    CREATING   PUT: the temp file           (put.py)        (device pool)
-    RECEIVING  PUT body, commit             (put.py)        (device pool)
-    DELETING   DELETE                       (dav.py)        (device pool)
+    state           runs on       step (connection.py _STEPS)
+    READING         any thread    read and parse a head; dispatch
+    ANSWERING       any thread    send an answer made in memory, then finish
+    LOOKING         any thread    GetTransfer.look: GET/HEAD from the caches if
+                                  that cannot block (cached lookup, fstat,
+                                  page-cache read)
+    OPENING         device pool   GetTransfer.open: open, fstat, the head
+    SENDING         device pool   send the head, then the file range by sendfile
+    SENDING_BULK    device pool   the same, 4 MiB or more to go: computes
+    CREATING        device pool   PutTransfer.create: the temp file
+    RECEIVING       device pool   recv the body into PutTransfer.consume, then
+                                  PutTransfer.commit
+    RECEIVING_BULK  device pool   the same, the body hashed or a whole buffer
+                                  or more to go: computes
+    DELETING        device pool   DeleteTransfer.delete
+
+A step that enters a state running where it runs itself (any thread, or this
+request's pool from a pool state) runs that state's step at once; one that
+enters a pool state from any thread returns RUN and the core hops.
 """
 from __future__ import annotations
 
 import os
-import socket
 from typing import Protocol
 
-from mogstored.event.step import Next, Pool, State, states
-from mogstored.http.parser import Request
-from mogstored.node import ServiceContext
+from mogstored.event.step import states
+from mogstored.http.head import Request
+from mogstored.node.service import ServiceContext
 from mogstored.store.iopool import IoPool
 
 READING, ANSWERING, LOOKING = states("reading", "answering", "looking", on_pool=False)
 OPENING, SENDING, CREATING, RECEIVING, DELETING = states(
     "opening", "sending", "creating", "receiving", "deleting", on_pool=True)
-STATES = (READING, ANSWERING, LOOKING, OPENING, SENDING, CREATING, RECEIVING, DELETING)
+SENDING_BULK, RECEIVING_BULK = states("sending-bulk", "receiving-bulk", on_pool=True, computes=True)
+STATES = (READING, ANSWERING, LOOKING, OPENING, SENDING, SENDING_BULK, CREATING, RECEIVING, RECEIVING_BULK,
+          DELETING)
+
+
+class Outcome:
+    """What a transfer step asks of its connection, besides an answer (the head
+    as bytes) or a failure (the status as an int: answer it and close)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+SEND = Outcome("send")  # send the transfer's head, then its file range (GetTransfer)
+OPEN = Outcome("open")  # not in the caches: open it in the device pool (OPENING)
+BODY = Outcome("body")  # the file is ready: receive the body (RECEIVING)
+Result = bytes | bytearray | int | Outcome
 
 
 class Transfer(Protocol):
     """The per-request part of a connection in a transfer state."""
-
-    def step(self, pool: Pool | None) -> Next: ...
 
     def release(self) -> None:
         """Close what it holds open (the connection finished or is closing)."""
@@ -40,9 +69,6 @@ class Transfer(Protocol):
 
 class _NoTransfer:
     """Between requests."""
-
-    def step(self, pool: Pool | None) -> Next:
-        raise AssertionError("no transfer")
 
     def release(self) -> None:
         pass
@@ -53,12 +79,14 @@ NO_REQUEST = Request("", "", False)  # between requests
 
 
 class FileTransfer:
-    """A transfer of one request on one file below a device."""
+    """A transfer of one request on one file below a device: what it may use is
+    its service and the request's device pool (for its counters)."""
 
-    __slots__ = ("conn", "file", "rel", "req")
+    __slots__ = ("file", "pool", "rel", "req", "svc")
 
-    def __init__(self, conn: Connection, req: Request, rel: str) -> None:
-        self.conn = conn
+    def __init__(self, svc: ServiceContext, pool: IoPool, req: Request, rel: str) -> None:
+        self.svc = svc
+        self.pool = pool
         self.req = req
         self.rel = rel
         self.file = -1
@@ -67,33 +95,3 @@ class FileTransfer:
         if self.file >= 0:
             os.close(self.file)
             self.file = -1
-
-
-class Connection(Protocol):
-    """What a transfer uses of its connection."""
-
-    sock: socket.socket
-    fd: int
-    svc: ServiceContext
-    inbuf: bytearray
-    pos: int
-    out: memoryview
-    state: State
-    peer: str
-    pool: IoPool  # the request's device pool
-
-    def fail(self, status: int) -> Next:
-        """Answer an error and close (§3.8.2)."""
-        ...
-
-    def answer(self, head: bytes | bytearray) -> Next:
-        """Send a whole answer, then finish."""
-        ...
-
-    def flush(self, more: bool = False) -> bool:
-        """Send ``out``; False while the socket is full."""
-        ...
-
-    def finish(self) -> Next:
-        """The response is out."""
-        ...

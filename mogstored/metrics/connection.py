@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import socket
 
-from mogstored.event.step import Next, Pool, send_buffered, states
-from mogstored.http.parser import MAX_HEAD, HeadParser, HttpError
+from mogstored.event.step import Next, Pool, states
+from mogstored.event.stream import Stream
+from mogstored.http.fields import MAX_HEAD, HttpError
+from mogstored.http.head import HeadParser, parse_whole
 from mogstored.http.response import error_head, http_date
 from mogstored.metrics.exposition import CONTENT_TYPE, exposition
 from mogstored.metrics.totals import NodeMetrics
-from mogstored.node import Control
+from mogstored.node.control import Control
 from mogstored.store.iopool import IoPool
 
 READING, ANSWERING = states("reading", "answering", on_pool=False)
@@ -42,66 +44,66 @@ def answer(metrics: NodeMetrics, method: str, path: str, keepalive: bool) -> byt
     return head if method == "HEAD" else head + body
 
 
-class MetricsConnection:
+class MetricsConnection(Stream):
     """One scraper connection: requests in, answers out, one at a time."""
 
     expirable = True  # an idle scraper may be shut down under descriptor pressure
     listener = "metrics"  # for the connections gauge
 
-    __slots__ = ("fd", "head", "inbuf", "keepalive", "metrics", "out", "pool", "process", "sock", "state")
+    __slots__ = ("head", "keepalive", "metrics", "pool", "process", "state")
 
     def __init__(self, sock: socket.socket, metrics: NodeMetrics, process: Control) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
+        super().__init__(sock)
         self.metrics = metrics
         self.process = process
         self.pool: IoPool = metrics.ioq.shared  # for the core's interface: no state runs in a pool
         self.state = READING
-        self.head = HeadParser()
-        self.inbuf = bytearray()
-        self.out = bytearray()  # answer bytes not yet sent
+        self.head: HeadParser | None = None  # made when a head is not whole at once (parse_whole)
         self.keepalive = True
 
     def step(self, pool: Pool | None) -> Next:
         if self.state is ANSWERING:
-            nxt = send_buffered(self.sock, self.out)
+            nxt = self._send_out()
             if nxt is not None:
                 return nxt
             if not self.keepalive:
                 return Next.CLOSE
-            self.state = READING
+            self.state = READING  # pipelined requests are answered in this step
         return self._read()
 
-    def _read(self) -> Next:
-        while True:
-            try:
-                parsed = self.head.parse(self.inbuf) if self.inbuf else None
-            except HttpError as e:
-                return self._answer(error_head(e.status, False), False)
-            if parsed is not None:
-                req, end = parsed
-                del self.inbuf[:end]
+    def _take(self) -> Next | None:
+        """The next head, once whole, answered."""
+        if self.pos >= len(self.inbuf):
+            return None
+        try:
+            if self.head is not None:
+                parsed = self.head.parse(self.inbuf, self.pos)
+            elif (parsed := parse_whole(self.inbuf, self.pos)) is None:
                 self.head = HeadParser()
-                keep = req.keepalive and not self.process.quitting
-                return self._answer(answer(self.metrics, req.method, req.path, keep), keep)
-            try:
-                data = self.sock.recv(MAX_HEAD + 1 - len(self.inbuf))
-            except BlockingIOError:
-                return Next.CLOSE if self.process.quitting and not self.inbuf else Next.READ
-            except OSError:
-                return Next.CLOSE
-            if not data:
-                return Next.CLOSE
-            self.inbuf += data
+                parsed = self.head.parse(self.inbuf, self.pos)
+        except HttpError as e:
+            return self._answer(error_head(e.status, False), False)
+        if parsed is None:
+            return None
+        req, self.pos = parsed
+        self.head = None
+        keep = req.keepalive and not self.process.quitting
+        return self._answer(answer(self.metrics, req.method, req.path, keep), keep)
+
+    def _want(self) -> int:
+        return MAX_HEAD + 1 - (len(self.inbuf) - self.pos)
+
+    def _quitting(self) -> bool:
+        return self.process.quitting
 
     def _answer(self, data: bytes, keepalive: bool) -> Next:
-        self.out += data
+        self.out = data
         self.keepalive = keepalive
         self.state = ANSWERING
         return Next.RUN
 
     def idle(self) -> bool:
-        return self.state is READING and not self.inbuf
+        return self.state is READING and self.pos >= len(self.inbuf)
 
     def close(self) -> None:
         self.sock.close()

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from mogstored import counters, log
 from mogstored.event.step import Client
 from mogstored.metrics.board import MetricsBoard, Snapshot
-from mogstored.node import ServiceContext
+from mogstored.node.service import ServiceContext
 from mogstored.store.devices import read_mounts
 from mogstored.store.iopool import IoQueues
 from mogstored.store.iostat import map_utilisation

@@ -10,7 +10,7 @@ caches without blocking (store.fs.Docroot.stat, cached).  The states, listed in
     READING        lines in, answers out, commands run      (any thread)
     SIZING         ``size``: one stat                       (device pool)
     OPENING        a digest's file                          (device pool)
-    DIGESTING      hash a slice per step                    (device pool)
+    DIGESTING      hash a slice per step          (device pool; computes)
     FSCK_WAITING   parked in the fsck queue of its filesystem (nowhere)
     WATCHING       ``watch``: input read and ignored        (any thread)
 """
@@ -22,7 +22,8 @@ import struct
 from collections.abc import Callable
 
 from mogstored import counters, digests, log
-from mogstored.event.step import Next, Pool, State, send_buffered, states
+from mogstored.event.step import Next, Pool, State, states
+from mogstored.event.stream import Stream
 from mogstored.mgmt.parser import (
     BAD_PATH_REPLY,
     BLANK_REPLY,
@@ -44,12 +45,13 @@ from mogstored.mgmt.parser import (
     size_reply,
     unknown_reply,
 )
-from mogstored.node import ServiceContext
+from mogstored.node.service import ServiceContext
 from mogstored.store.fsck import low_io_priority
-from mogstored.store.iopool import IoPool, computing, thread_buffer
+from mogstored.store.iopool import IoPool, thread_buffer
 
 READING, WATCHING = states("reading", "watching", on_pool=False)
-SIZING, OPENING, DIGESTING, FSCK_WAITING = states("sizing", "opening", "digesting", "fsck-waiting", on_pool=True)
+SIZING, OPENING, FSCK_WAITING = states("sizing", "opening", "fsck-waiting", on_pool=True)
+DIGESTING = State("digesting", on_pool=True, computes=True)
 STATES = (READING, SIZING, OPENING, DIGESTING, FSCK_WAITING, WATCHING)
 
 DIGEST_SLICE = 8 << 20  # bytes hashed per scheduling step before yielding
@@ -88,21 +90,18 @@ def _label(cmd: Command) -> str:
     return "watch" if isinstance(cmd, Watch) else "other"
 
 
-class MgmtConnection:
+class MgmtConnection(Stream):
     """A client of the sidechannel listener."""
 
     expirable = False  # trackers' sidechannel connections are never expired (§3.10)
     listener = "mgmt"  # for the connections gauge (metrics)
 
-    __slots__ = ("cmd", "digest", "eof", "fd", "fsck_dev", "lines", "out", "pool", "sock", "state", "svc")
+    __slots__ = ("cmd", "digest", "fsck_dev", "lines", "pool", "state", "svc")
 
     def __init__(self, sock: socket.socket, svc: ServiceContext) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
+        super().__init__(sock)
         self.svc = svc
-        self.lines = LineBuffer()
-        self.out = bytearray()
-        self.eof = False
+        self.lines = LineBuffer(self.inbuf)  # takes whole lines off the input buffer itself
         self.state = READING
         self.pool: IoPool = svc.ioq.shared  # the current command's device pool
         self.cmd: Size | Digest = _NO_COMMAND  # the command a pool state works on
@@ -114,7 +113,7 @@ class MgmtConnection:
         return _STEPS[self.state](self)
 
     def idle(self) -> bool:
-        return self.state is READING and not self.out and not self.lines.pending()
+        return self.state is READING and not self.out and not self.inbuf
 
     def close(self) -> None:
         self._release()
@@ -125,58 +124,51 @@ class MgmtConnection:
         """Our turn in the fsck queue of this filesystem."""
         self.pool.submit(self)
 
-    # -- READING -----------------------------------------------------------
-    def _read(self) -> Next:
-        drained = False  # the last recv got less than asked: nothing more is queued
+    # -- READING: Stream._read ----------------------------------------------------
+    def _take(self) -> Next | None:
+        """Answers out first; then every whole line buffered, run in order."""
         while True:
-            if self.out and (nxt := self._flush()) is not None:
+            # A failed send closes at once: nobody is left to read the answers of the
+            # commands still buffered, so running them (digests of big files) is wasted disk time.
+            if self.out and (nxt := self._send_out()) is not None:
                 return nxt
             try:
                 line = self.lines.next_line()
             except LineTooLong:
                 log.error("mgmt request too large")
                 return self._reset()
-            if line is not None:
-                nxt = self._run(parse_command(line))
-                if nxt is not None:
-                    return nxt
-                continue
-            if self.eof or (self.svc.process.quitting and not self.lines.pending()):
-                return Next.CLOSE
-            if drained:  # a recv now would say EAGAIN; re-arming sees what comes meanwhile
-                return Next.READ
-            try:
-                data = self.sock.recv(_RECV)
-            except BlockingIOError:
-                return Next.READ
-            except OSError as e:
-                log.error(f"mgmt client died: {e.strerror}")
-                return Next.CLOSE
-            if not data:
-                self.eof = True
-                continue
-            drained = len(data) < _RECV
-            self.lines.feed(data)
+            if line is None:
+                return None
+            nxt = self._run(parse_command(line))
+            if nxt is not None:
+                return nxt
+
+    def _quitting(self) -> bool:
+        return self.svc.process.quitting
+
+    def _gone(self, e: OSError) -> Next:
+        log.error(f"mgmt client died: {e.strerror}")
+        return Next.CLOSE
 
     def _run(self, cmd: Command) -> Next | None:
         """Answer one command; a return value means "not finished here"."""
         counters.mgmt_command(_label(cmd))
         if isinstance(cmd, Size) and (reply := _cached_size(self.svc, cmd.path)) is not None:
-            self.out += reply
+            self.out = reply
         elif isinstance(cmd, (Size, Digest)):
             self.cmd = cmd
             self.pool = self.svc.ioq.for_path(self.svc.docroot.path, cmd.path)
             self.state = SIZING if isinstance(cmd, Size) else OPENING
             return Next.RUN  # the core hops to the pool
         elif isinstance(cmd, Blank):
-            self.out += BLANK_REPLY
+            self.out = BLANK_REPLY
         elif isinstance(cmd, BadPath):
-            self.out += BAD_PATH_REPLY
+            self.out = BAD_PATH_REPLY
         elif isinstance(cmd, Unknown):
-            self.out += unknown_reply(cmd.token)
+            self.out = unknown_reply(cmd.token)
         elif isinstance(cmd, AioThreads):
             self.svc.process.set_aio_threads(cmd.n)
-            self.out += BLANK_REPLY
+            self.out = BLANK_REPLY
         elif isinstance(cmd, Shutdown):
             self.svc.process.request_shutdown()
         elif isinstance(cmd, Watch):
@@ -188,14 +180,6 @@ class MgmtConnection:
             return Next.READ
         return None
 
-    def _flush(self) -> Next | None:
-        """Send what we can; None once all is sent.
-
-        A failed send closes at once: nobody is left to read the answers of the
-        commands still buffered, so running them (digests of big files) is wasted disk time.
-        """
-        return send_buffered(self.sock, self.out)
-
     def _reset(self) -> Next:
         """Drop the connection with a TCP reset: the peer sent garbage."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -203,7 +187,7 @@ class MgmtConnection:
 
     def _done(self, reply: bytes) -> Next:
         self._release()
-        self.out += reply
+        self.out = reply
         self.cmd = _NO_COMMAND
         self.state = READING
         return Next.ACTIVE
@@ -253,7 +237,6 @@ class MgmtConnection:
         return self._hash_slice(digest)
 
     def _hash_slice(self, digest: _Digest) -> Next:
-        computing()  # another thread may hash beside this one
         buf = thread_buffer()
         update = digest.hasher.update
         done = 0

@@ -29,16 +29,12 @@ class LineBuffer:
 
     __slots__ = ("_buf", "_scanned")
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
+    def __init__(self, buf: bytearray | None = None) -> None:
+        self._buf = bytearray() if buf is None else buf  # a connection's input buffer, or its own
         self._scanned = 0  # bytes of _buf already known to hold no "\n"
 
     def feed(self, data: bytes) -> None:
         self._buf += data
-
-    def pending(self) -> bool:
-        """Bytes of an unfinished (or not yet popped) line are buffered."""
-        return bool(self._buf)
 
     def next_line(self) -> bytes | None:
         """Pop one complete line (EOL and a CR right before it removed), or None."""

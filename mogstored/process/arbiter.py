@@ -26,7 +26,7 @@ import time
 from mogstored import log
 from mogstored.config.options import DEFAULT_STALL_SECONDS, Service
 from mogstored.metrics.board import MetricsBoard
-from mogstored.node import write_usage_now
+from mogstored.node.usage import write_usage_now
 from mogstored.process.board import LoadBoard
 from mogstored.process.listening import Listener
 from mogstored.process.reload import Reload, Reloaded

@@ -22,7 +22,8 @@ from mogstored.libc import trim_heap
 from mogstored.metrics.board import MetricsBoard
 from mogstored.metrics.totals import NodeMetrics
 from mogstored.mgmt.connection import MgmtConnection
-from mogstored.node import ServiceContext
+from mogstored.node.service import ServiceContext
+from mogstored.node.watch import watch_block
 from mogstored.process import signals
 from mogstored.process.listening import Listener
 from mogstored.process.reload import Reload, Reloaded
@@ -140,7 +141,7 @@ class Server:
             return
         utils = map_utilisation(report, read_mounts())
         for ctx in contexts:
-            ctx.watchers.broadcast(ctx.watch_block(utils))
+            ctx.watchers.broadcast(watch_block(ctx.devices, utils))
 
     # -- main thread -------------------------------------------------------------
     def usage_pass(self, now: bool = False) -> None:

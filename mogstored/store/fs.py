@@ -13,10 +13,10 @@ import errno
 import os
 import time
 
-from mogstored.libc import libc
+from mogstored.libc import MACHINE, libc, syscall_number
 from mogstored.store.devices import devid_of
 
-_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine)
+_SYS_OPENAT2 = syscall_number("openat2")
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
@@ -64,7 +64,7 @@ def _require_openat2() -> None:
     out whether RESOLVE_CACHED is known (EINVAL before 5.12: never serve cached)."""
     global _cached_ok
     if _SYS_OPENAT2 is None:
-        raise OSError(errno.ENOSYS, f"openat2 syscall number unknown on {os.uname().machine}")
+        raise OSError(errno.ENOSYS, f"openat2 syscall number unknown on {MACHINE}")
     root = os.open("/", os.O_PATH | os.O_CLOEXEC)
     try:
         os.close(_openat2(root, ".", os.O_PATH, 0))

@@ -4,15 +4,14 @@ crowds out ordinary reads on the same disks."""
 from __future__ import annotations
 
 import collections
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mogstored.event.step import Parked
-from mogstored.libc import libc
+from mogstored.libc import libc, syscall_number
 
-_IOPRIO_SYSCALLS = {"x86_64": (251, 252), "aarch64": (30, 31)}.get(os.uname().machine)
+_IOPRIO_SET, _IOPRIO_GET = syscall_number("ioprio_set"), syscall_number("ioprio_get")  # None: left alone
 _IOPRIO_WHO_PROCESS = 1  # with a thread id: just that thread
 _IOPRIO_CLASS_NONE = 0
 _IOPRIO_CLASS_BE = 2
@@ -53,10 +52,10 @@ class FsckQueues:
 @contextmanager
 def low_io_priority() -> Iterator[None]:
     """Best-effort level 7 for this thread, if it was best-effort or unset."""
-    if _IOPRIO_SYSCALLS is None:
+    set_nr, get_nr = _IOPRIO_SET, _IOPRIO_GET
+    if set_nr is None or get_nr is None:
         yield
         return
-    set_nr, get_nr = _IOPRIO_SYSCALLS
     tid = threading.get_native_id()
     old = libc.syscall(get_nr, _IOPRIO_WHO_PROCESS, tid)
     lowered = old >= 0 and (old >> _IOPRIO_CLASS_SHIFT) in (_IOPRIO_CLASS_NONE, _IOPRIO_CLASS_BE)

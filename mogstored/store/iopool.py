@@ -5,6 +5,36 @@ event core in the pool of that device.  A pool thread runs the step through
 the core's ``run``; the result goes back to the event queue with EPOLL_CTL_MOD.  A slow or failing
 disk therefore only ever ties up its own pool's threads: clients of other
 devices keep their threads, and no epoll worker ever waits for a disk.
+
+How many threads a pool runs (the grower's rule; described here only).  Under
+the interpreter lock, threads that run Python only take turns, and each extra
+one costs lock hand-offs; more threads help only while the ones there wait
+for a disk or compute without the lock.  So:
+
+* a pool starts its first thread with its first job; a submit wakes an idle
+  thread (or starts the first) only while no thread runs a job, or every
+  running one computes or is stuck (below);
+* otherwise a job waits its turn, and the grower (one thread per process,
+  asleep while no job waits) looks every GROW_CHECK seconds: while every
+  running thread of the pool is in a step worth company, it wakes idle threads
+  first (the most recently idle: its stack is warm), then starts more, one per
+  waiting job, up to the pool's ``limit`` (``server aio_threads``);
+* a step is worth company once it has run LONG_STEP and its thread, looked at
+  in /proc, sleeps in the kernel for the disk (state D), or runs (R, not in
+  futex(): that is waiting for the interpreter lock) in a state that declares
+  it computes (``State.computes``: digests, PUT bodies hashed or of a whole
+  buffer or more, sendfile of 4 MiB or more); and any step running
+  STUCK_AFTER, whatever its state (a long sweep, a hung disk).  Other running
+  steps (page-cache reads and writes between short system calls) are not:
+  more threads for them only add lock hand-offs;
+* a thread idle for IDLE_EXIT seconds exits;
+* ``server aio_threads`` (:meth:`IoPool.resize`) brings a pool that has
+  threads to exactly ``limit`` at once, so the command shows.
+
+So page-cache work keeps one thread, which does not queue for the interpreter
+lock behind others, while a slow or hung disk still gets up to ``limit``
+requests in flight, and digests of several files run side by side.  Threads
+grown for a slow disk or for digests are not woken for page-cache work later.
 """
 from __future__ import annotations
 
@@ -17,8 +47,9 @@ import weakref
 from collections.abc import Callable
 
 from mogstored import counters, log
-from mogstored.event.step import Client
+from mogstored.event.step import Client, State
 from mogstored.event.threads import set_thread_name, stop_all
+from mogstored.libc import syscall_number
 from mogstored.store.devices import device_of_path
 
 BUFFER_SIZE = 1 << 20
@@ -27,27 +58,12 @@ SHARED_THREADS = 4  # paths outside any device (/, /foo, sidechannel misc)
 MAX_THREADS = 100
 IDLE_EXIT = 10.0  # seconds a pool thread waits for work before it exits
 GROW_CHECK = 0.005  # seconds between the grower's looks while jobs wait behind busy threads
-# A busy thread is worth company once its step has run LONG_STEP and, looked at
-# by the grower (which holds the interpreter lock), it sleeps in the kernel for the
-# disk (state D), or it runs (R, not in futex()) in a step that said it computes
-# outside the lock (computing(): digests, copies of whole 1 MiB buffers, long
-# sendfile calls).  Other running steps (page-cache reads
-# and writes between short system calls) are not: more threads for them only add
-# lock hand-offs.  Any step running STUCK_AFTER counts, whatever its state.
-LONG_STEP = 0.001
-STUCK_AFTER = 0.5
+LONG_STEP = 0.001  # a step this old may be worth company (the grower's rule above)
+STUCK_AFTER = 0.5  # a step this old is, whatever its state
 
 Run = Callable[[Client, "IoPool"], None]  # the event core's EventQueue.run
 
 _local = threading.local()
-
-
-def computing() -> None:
-    """The running pool step computes outside the interpreter lock (hashing): a
-    second thread would run beside it, so the grower may add one."""
-    clock = getattr(_local, "clock", None)
-    if clock is not None:  # on a pool thread
-        clock.computes = True
 
 
 def thread_buffer() -> memoryview:
@@ -59,13 +75,18 @@ def thread_buffer() -> memoryview:
     return buf
 
 
+TASK = State("task", on_pool=True)
+
+
 class Task:
-    """Plain work for a pool (a usage-file pass): not a client, nothing to requeue."""
+    """Plain work for a pool (a usage-file pass, a sweep): not a client, nothing
+    to requeue.  Its state says whether it computes, as a client's does."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "state")
 
-    def __init__(self, fn: Callable[[], None]) -> None:
+    def __init__(self, fn: Callable[[], None], state: State = TASK) -> None:
         self.fn = fn
+        self.state = state
 
     def run(self) -> None:
         try:
@@ -74,20 +95,22 @@ class Task:
             log.error(f"task {self.fn!r} failed: {e!r}")
 
 
-class IoPool:
-    """A FIFO of parked clients and the threads that run their steps.
+class _Thread(counters.CallClock):
+    """A pool thread as the grower sees it: when its step began (metrics read
+    that too), its kernel id (its /proc/self/task entry), and the job it runs,
+    whose state says whether the step computes."""
 
-    Threads start lazily: while no thread runs a job (or all running ones
-    compute or are stuck), a submit wakes an idle one or starts the first.  Beyond that a job waits its turn, and the grower
-    (:class:`_Grower`) wakes idle threads, then starts more up to ``limit``,
-    only while every running thread of the pool is in a long step that waits
-    for the disk or computes outside the interpreter lock (threads grown for
-    a slow disk or for digests are not woken for page-cache work later).  A
-    thread idle for IDLE_EXIT seconds exits.  So page-cache work keeps one thread, which does not queue for the
-    interpreter lock behind others, while a slow or hung disk still gets up to
-    ``limit`` requests in flight.  The most recently idle thread is woken first
-    (its stack is warm).
-    """
+    __slots__ = ("job", "tid")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tid = threading.get_native_id()
+        self.job: Client | Task | None = None
+
+
+class IoPool:
+    """A FIFO of parked clients and the threads that run their steps, as many
+    as the grower's rule (module docstring) gives it."""
 
     def __init__(self, name: str, run: Run, nthreads: int) -> None:
         self.name = name
@@ -120,25 +143,20 @@ class IoPool:
                 _grower.watch(self)
 
     def _running_ones_want_company(self) -> bool:
-        """Every running thread computes outside the interpreter lock (digests) or is
-        stuck (a long sweep, a hung disk): an idle thread is worth waking at once,
-        without waiting for the grower's look.  Holding ``_lock``."""
+        """Every running thread is in a computing state or stuck: an idle thread is
+        worth waking at once, without waiting for the grower's look.  Holding ``_lock``."""
         stuck = counters.now() - STUCK_AFTER
-        return all(c.computes or c.since <= stuck for c in self.stats.clocks if c.since)
+        clocks: list[_Thread] = self.stats.clocks  # type: ignore[assignment]  # only _Thread clocks are added
+        return all(_computes(c) or c.since <= stuck for c in clocks if c.since)
 
     def grow(self) -> bool:
-        """Wake an idle thread, or start one up to ``limit``, per queued job if every
-        running thread is in a long step outside the interpreter lock
-        (:func:`_needs_company`); True while jobs still wait behind busy threads
-        (look again).
-
-        Under the interpreter lock, threads that run Python only take turns, and each
-        extra one costs lock hand-offs; threads help while others wait for a disk
-        or compute without the lock."""
+        """Per queued job, wake an idle thread or start one up to ``limit``, if every
+        running thread is in a step worth company (the grower's rule); True while
+        jobs still wait behind busy threads (look again)."""
         with self._lock:
             if not self._jobs or (len(self._threads) >= self.limit and not self._idle):
                 return False
-            clocks = list(self.stats.clocks)
+            clocks: list[_Thread] = list(self.stats.clocks)  # type: ignore[arg-type]
             if len(clocks) < len(self._threads):
                 return True  # one is starting: it takes a job
         now = counters.now()
@@ -164,14 +182,19 @@ class IoPool:
         """Jobs queued for a thread (metrics)."""
         return len(self._jobs)
 
-    def resize(self, n: int) -> None:
+    def resize(self, n: int, show: bool = False) -> None:
         """At most ``n`` threads from now on: surplus ones exit when idle, or at
-        once if they are."""
+        once if they are.  A pool that has threads (any with queued jobs does),
+        or ``show``, gets exactly ``n`` at once, so ``server aio_threads`` shows
+        in /proc/PID/task; the new ones wait for work and exit after IDLE_EXIT
+        without any, as every thread.  A pool without threads (an idle device)
+        stays without."""
         with self._lock:
             self.limit = n
             self._wake_all()
-            for _ in range(min(n - len(self._threads), len(self._jobs))):
-                self._start_thread()
+            if self._threads or show:
+                for _ in range(n - len(self._threads)):
+                    self._start_thread()
 
     def _start_thread(self) -> None:
         """Holding ``_lock``."""
@@ -187,13 +210,14 @@ class IoPool:
         stop_all(self._lock, self._threads, self.resize, timeout)
 
     def _loop(self) -> None:
-        clock = _local.clock = self.stats.thread_clock()  # metrics: when this thread's current job began
+        clock = _Thread()
+        self.stats.thread_clock(clock)
         try:
             self._work(clock)
         finally:
             self.stats.drop_clock(clock)
 
-    def _work(self, clock: counters.CallClock) -> None:
+    def _work(self, clock: _Thread) -> None:
         jobs = self._jobs
         lock = self._lock
         me = threading.current_thread()
@@ -229,16 +253,24 @@ class IoPool:
                 wake.acquire()
                 wake.release()
                 continue
+            clock.job = job
             clock.since = counters.now()
             if type(job) is Task:
                 job.run()
             else:
                 run(job, self)  # type: ignore[arg-type]
             clock.since = 0.0
-            clock.computes = False
+            clock.job = None
 
 
-def _needs_company(clock: counters.CallClock, now: float) -> bool:
+def _computes(clock: _Thread) -> bool:
+    """The step the thread runs is in a state that computes (read from another thread)."""
+    job = clock.job
+    return job is not None and job.state.computes
+
+
+def _needs_company(clock: _Thread, now: float) -> bool:
+    """The grower's look at one running thread (the rule in the module docstring)."""
     took = now - clock.since
     if took >= STUCK_AFTER:
         return True
@@ -249,12 +281,12 @@ def _needs_company(clock: counters.CallClock, now: float) -> bool:
     if state == b"D":
         return True
     # A thread just woken to take the interpreter lock is R too, but still in futex().
-    return state == b"R" and clock.computes and _task_file(clock.tid, "syscall").split(b" ", 1)[0] != _FUTEX
+    return state == b"R" and _computes(clock) and _task_file(clock.tid, "syscall").split(b" ", 1)[0] != _FUTEX
 
 
 # The futex syscall's number as /proc/TID/syscall shows it: a thread in it waits for
-# a lock (the interpreter's, most likely), not for a disk.
-_FUTEX = {"x86_64": b"202", "aarch64": b"98", "riscv64": b"98"}.get(os.uname().machine, b"")
+# a lock (the interpreter's, most likely), not for a disk.  Unknown: never matches.
+_FUTEX = str(syscall_number("futex") or "").encode()
 
 
 def _task_file(tid: int, name: str) -> bytes:
@@ -267,9 +299,8 @@ def _task_file(tid: int, name: str) -> bytes:
 
 
 class _Grower:
-    """One thread per process that gives pools more threads while every thread of
-    theirs is in a long step outside the interpreter lock (IoPool.grow) and jobs wait behind them; asleep
-    when no job waits."""
+    """The grower of the module docstring: one thread per process that looks at
+    pools where jobs wait behind busy threads (IoPool.grow); asleep when no job waits."""
 
     def __init__(self) -> None:
         self._pools: weakref.WeakSet[IoPool] = weakref.WeakSet()  # pools that queued behind busy threads
@@ -344,12 +375,15 @@ class IoQueues:
                     self._pools[key] = IoPool(f"dev{devid}", self.run, self.per_device)
 
     def resize(self, per_device: int) -> None:
-        """``server aio_threads = N``: every pool gets N threads, the shared one too (so
-        the setting shows even before any device exists)."""
+        """``server aio_threads = N``: the limit of every pool, the shared one too.
+        Pools with threads get N at once; so does the shared pool, the node's own
+        even before any device exists, so the command always shows in the thread
+        count (cmogstored's test_aio_threads, on a docroot without devices)."""
         with self._lock:
             self.per_device = per_device
-            for pool in (*self._pools.values(), self.shared):
+            for pool in self._pools.values():
                 pool.resize(per_device)
+            self.shared.resize(per_device, show=True)
 
     def pools(self) -> list[IoPool]:
         """Every pool, the shared one last."""

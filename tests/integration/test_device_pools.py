@@ -88,7 +88,8 @@ def _steady(count: Callable[[], int], want: int) -> None:
 
 def test_aio_threads_resizes_device_pools(tmp_path: Path) -> None:
     """Pool threads start as work comes, up to ``server aio_threads`` per device: with
-    more blocked requests than that, exactly N threads run per pool, the rest wait."""
+    more blocked requests than that, exactly N threads run per pool, the rest wait.
+    A pool with threads has exactly N right after the command."""
     d = Daemon(tmp_path, devices=(1, 2))
     blocked: list[BlockedOpens] = []
     try:
@@ -105,7 +106,7 @@ def test_aio_threads_resizes_device_pools(tmp_path: Path) -> None:
         _steady(io[1], 2)
         assert d.mgmt_cmd(b"server aio_threads=20\r\n") == b"\r\n"
         for dev in (1, 2):
-            _steady(io[dev], 5)  # the queued requests get threads at once
+            _steady(io[dev], 20)  # the queued requests get threads at once, 15 more wait
         assert "server aio_threads=20" in d.stderr()
         for b in blocked:
             b.release()
@@ -138,7 +139,7 @@ def test_aio_threads_without_any_device(tmp_path: Path) -> None:
         blocked = BlockedOpens(d, 9, 4)
         _steady(shared, 1)
         assert d.mgmt_cmd(b"server aio_threads = 6\r\n") == b"\r\n"
-        _steady(shared, 4)
+        _steady(shared, 6)  # 4 run the queued PUTs, 2 wait for work
         blocked.release()
         assert blocked.results == [201] * 4
         blocked = None

@@ -59,11 +59,16 @@ def request(d: Daemon, data: bytes) -> bytes:
         return s.recv(4096)
 
 
-def traced_session(tmp_path: Path, durable: bool) -> list[Call]:
+VIA_PROC = {"MOG_LINK_VIA_PROC": "1"}  # as where linkat refuses AT_EMPTY_PATH (no CAP_DAC_READ_SEARCH, < 6.10)
+BY_FD = re.compile(r'\d+, "", \d+, "([^"]+)", AT_EMPTY_PATH\) = 0$')
+VIA_PROC_LINK = re.compile(r'AT_FDCWD, "/proc/self/fd/\d+", \d+, "([^"]+)", AT_SYMLINK_FOLLOW\) = 0$')
+
+
+def traced_session(tmp_path: Path, durable: bool, env: dict[str, str] | None = None) -> list[Call]:
     """PUT a new file (new directories), PUT over it, DELETE it; the calls made."""
     log = tmp_path / "strace.log"
     wrap = ("strace", "-f", "-qq", "--seccomp-bpf", "-s", "48", "-e", f"trace={TRACED}", "-o", str(log), "--")
-    d = Daemon(tmp_path, devices=(1,), args=("--durable",) if durable else (), wrap=wrap)
+    d = Daemon(tmp_path, devices=(1,), args=("--durable",) if durable else (), wrap=wrap, env=env)
     try:
         for body in (b"first", b"second"):
             head = request(d, b"PUT /dev1/a/b/x.fid HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -75,8 +80,9 @@ def traced_session(tmp_path: Path, durable: bool) -> list[Call]:
         d.proc.wait(30)  # strace exits once the traced daemon has
     finally:
         d.kill()
-    # A usage pass replaces devN/usage meanwhile (linkat, renameat): not the requests' calls.
-    return [c for c in parse_trace(log.read_text()) if '"usage' not in c.text]
+    # A usage pass replaces devN/usage meanwhile (linkat, renameat), and start-up probes
+    # linkat's AT_EMPTY_PATH (a link to "." that cannot succeed): not the requests' calls.
+    return [c for c in parse_trace(log.read_text()) if '"usage' not in c.text and '".", AT_EMPTY_PATH' not in c.text]
 
 
 def responses(calls: list[Call]) -> list[tuple[int, Call]]:
@@ -97,7 +103,7 @@ def test_durable_put_and_delete_answer_after_the_syncs(tmp_path: Path) -> None:
     assert seq == ["mkdirat", "fsync", "mkdirat", "fsync", "fdatasync", "linkat", "fsync"], seq
     assert all(c.ok for c in window if c.name in SYNC_CALLS)
     link = next(c for c in window if c.name == "linkat")
-    assert link.text.startswith('AT_FDCWD, "/proc/self/fd/') and '"x.fid", AT_SYMLINK_FOLLOW)' in link.text
+    assert (m := BY_FD.match(link.text.rstrip())) and m.group(1) == "x.fid", link.text  # as root: by fd
     assert a1.start > max(c.end for c in window if c.name == "fsync")
 
     # 2. over an existing file (seen when the PUT began): fdatasync, linkat to a
@@ -124,3 +130,16 @@ def test_without_durable_nothing_is_synced(tmp_path: Path) -> None:
     assert len(answers) == 3
     assert not [c for c in calls[: answers[-1][0]] if c.name in ("fsync", "fdatasync")]
     assert [c for c in calls if c.name == "linkat" and c.ok]  # O_TMPFILE linked into place
+
+
+def test_without_at_empty_path_files_are_linked_through_proc(tmp_path: Path) -> None:
+    """Where linkat refuses to link by fd, the unnamed file is linked through
+    /proc/self/fd: a new name directly, an overwrite under a temp name renamed over it."""
+    calls = traced_session(tmp_path, durable=False, env=VIA_PROC)
+    first, second = [i for i, _ in responses(calls)][:2]
+    new, over = ([VIA_PROC_LINK.match(c.text.rstrip()) for c in calls[a:b] if c.name == "linkat"]
+                 for a, b in ((0, first), (first + 1, second)))
+    assert len(new) == 1 and new[0] and new[0].group(1) == "x.fid"
+    assert len(over) == 1 and over[0] and re.fullmatch(r"x\.fid\.[0-9a-f]{8}\.\d+\.tmp", over[0].group(1))
+    renames = [c for c in calls[first + 1:second] if c.name == "renameat"]
+    assert len(renames) == 1 and renames[0].ok and '"x.fid"' in renames[0].text

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BlockedOpens, Daemon, http_get, named_threads, read_all, read_lines, read_until
+from conftest import BlockedOpens, Daemon, http_get, named_threads, read_all, read_lines, read_until, wait_for
 
 ABC_MD5 = "900150983cd24fb0d6963f7d28e17f72"
 ABC_SHA1 = "a9993e364706816aba3e25717850c26c9cd0d89d"
@@ -336,8 +336,8 @@ def _wait_threads(pid: int, pred, timeout: float = 1.0) -> int:
 
 def test_aio_threads_changes_os_threads(daemon: Daemon) -> None:
     """§4.7 Clone: the thread count must change within a second; out-of-range values do
-    nothing.  Pool threads start as work comes, so the limit shows under load: requests
-    blocked in the kernel hold exactly N threads of their device's pool."""
+    nothing.  Requests blocked in the kernel hold at most N threads of their device's
+    pool; a pool with threads has exactly N right after the command."""
     assert daemon.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
     time.sleep(0.2)  # the main thread applies it
     blocked = BlockedOpens(daemon, 1, 4)
@@ -348,10 +348,52 @@ def test_aio_threads_changes_os_threads(daemon: Daemon) -> None:
         time.sleep(0.3)
         assert named_threads(daemon.pid, "io:dev1") == 1
         assert daemon.mgmt_cmd(b"server aio_threads=6\r\n") == b"\r\n"
-        assert _wait_threads(daemon.pid, lambda n: n == 4) == 4  # each queued request gets one
+        assert _wait_threads(daemon.pid, lambda n: n == 6) == 6  # 4 for the requests, 2 idle
     finally:
         blocked.release()
     assert blocked.results == [201] * 4
     assert daemon.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
     assert _wait_threads(daemon.pid, lambda n: n == 1) == 1  # idle surplus leaves at once
     assert daemon.mgmt_cmd(b"size /dev1\r\n").startswith(b"/dev1 ")
+
+
+def _tasks(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_aio_threads_shows_in_the_thread_count_like_cmogstored(tmp_path) -> None:
+    """cmogstored's test/mgmt.rb test_aio_threads: on a docroot without devices the
+    number of /proc/PID/task entries changes after ``server aio_threads = 1``, and
+    again after ``= 6`` (the shared pool, the node's own, is brought to N)."""
+    d = Daemon(tmp_path, devices=())
+    try:
+        assert d.mgmt_cmd(b"WTF\r\n") == b"ERROR: unknown command: WTF\r\n"
+        before = _tasks(d.pid)
+        assert named_threads(d.pid, "io:shared") == 0  # nothing to do yet: no thread
+        assert d.mgmt_cmd(b"server aio_threads = 1\r\n") == b"\r\n"
+        wait_for(lambda: _tasks(d.pid) != before, timeout=1.0, what="a new thread count")
+        # A new thread names itself once it runs: its /proc entry comes first.
+        wait_for(lambda: named_threads(d.pid, "io:shared") == 1, timeout=1.0, what="1 shared thread")
+        one = _tasks(d.pid)
+        assert d.mgmt_cmd(b"server aio_threads=6\r\n") == b"\r\n"
+        wait_for(lambda: _tasks(d.pid) != one, timeout=1.0, what="a new thread count")
+        wait_for(lambda: named_threads(d.pid, "io:shared") == 6, timeout=1.0, what="6 shared threads")
+        assert d.mgmt_cmd(b"WTF\r\n") == b"ERROR: unknown command: WTF\r\n"
+    finally:
+        d.kill()
+
+
+def test_aio_threads_brings_pools_with_threads_to_n(tmp_path) -> None:
+    """A device pool that has threads gets exactly N at once, in both directions."""
+    d = Daemon(tmp_path, devices=(1,))
+    try:
+        dev1 = lambda: named_threads(d.pid, "io:dev1")  # noqa: E731
+        with d.conn() as c:  # a PUT runs in dev1's pool: it has a thread (for 10 s idle)
+            assert c.request(b"PUT /dev1/f HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx").status == 201
+        assert d.mgmt_cmd(b"server aio_threads = 7\r\n") == b"\r\n"
+        wait_for(lambda: dev1() == 7, timeout=5.0, what="7 dev1 threads")
+        assert d.mgmt_cmd(b"server aio_threads = 2\r\n") == b"\r\n"
+        wait_for(lambda: dev1() == 2, timeout=5.0, what="2 dev1 threads")
+        assert http_get(d, "/dev1/f") == (200, b"x")
+    finally:
+        d.kill()

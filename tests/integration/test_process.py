@@ -117,6 +117,28 @@ def quit_blocked(pid: int) -> bool:
     return False
 
 
+@pytest.mark.parametrize("pinned", [False, True], ids=["affinity", "taskset-c0"])
+def test_worker_processes_auto_is_one_per_allowed_cpu(tmp_path: Path, pinned: bool) -> None:
+    """``--worker-processes=auto``: one worker per CPU the node may run on (its
+    affinity); pinned to one CPU it is still a master and one worker."""
+    want = 1 if pinned else len(os.sched_getaffinity(0))
+    d = Daemon(tmp_path, args=("--worker-processes=auto",), env=IOSTAT,
+               wrap=("taskset", "-c", "0") if pinned else ())
+    workers: list[int] = []
+    try:
+        wait_for(lambda: len(children(d.pid)) == want, what=f"{want} workers")
+        workers = children(d.pid)
+        assert usage_ok(d)  # served by the workers; the master forked them all before
+        assert children(d.pid) == workers
+        assert all(os.sched_getaffinity(w) == os.sched_getaffinity(d.pid) for w in workers)
+        assert d.stop() == 0
+    finally:
+        d.kill()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_signal_during_start_up_takes_effect(tmp_path: Path) -> None:
     """§9: QUIT while starting is held back, then honoured once serving."""
     d = Daemon(tmp_path, env=IOSTAT, wait=False)

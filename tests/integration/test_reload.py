@@ -336,3 +336,27 @@ def test_stallseconds_applies_live(node: Node, tmp_path: Path) -> None:
         t.join(30)
         assert result == [201]
         wait_for(lambda: "device dev2 no longer stalled" in node.stderr(), what="dev2 no longer stalled")
+
+
+def test_worker_count_changes_live(tmp_path: Path) -> None:
+    """worker_processes from the config file: the master starts the new number;
+    to or from no workers at all cannot change live."""
+    n = Node(tmp_path, BASE + "worker_processes = 2\n")
+    try:
+        wait_for(lambda: len(children(n.proc.pid)) == 2, what="2 workers")
+        for count in (3, 1):
+            old = children(n.proc.pid)
+            n.nworkers = count  # type: ignore[attr-defined]
+            n.reload(BASE + f"worker_processes = {count}\n")
+            wait_for(lambda: workers_replaced(n, old), 15, f"{count} new workers")  # noqa: B023
+            assert put(n.http, "/dev1/a") == 201
+        n.reload(BASE)  # no workers
+        assert "reload: worker-processes=0 cannot change live to or from 0, keeping 1" in n.stderr()
+        wait_for(lambda: len(children(n.proc.pid)) == 1, what="still a worker")
+        assert put(n.http, "/dev1/b") == 201
+    finally:
+        workers = children(n.proc.pid)
+        n.proc.send_signal(signal.SIGQUIT)
+        n.proc.wait(15)
+        for pid in workers:
+            wait_for(lambda pid=pid: not alive(pid), 15, f"worker {pid} to exit")

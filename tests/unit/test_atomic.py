@@ -12,11 +12,21 @@ import pytest
 from mogstored.store import atomic
 
 
-@pytest.fixture
-def dirfd(tmp_path: Path) -> Iterator[int]:
+@pytest.fixture(params=[True, False], ids=["by-fd", "via-proc"])
+def dirfd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[int]:
+    """The test's directory, with unnamed files linked by fd (AT_EMPTY_PATH) or through /proc."""
+    monkeypatch.setattr(atomic, "_by_fd", request.param)
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     yield fd
     os.close(fd)
+
+
+def test_linking_by_fd_is_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root may link by fd (CAP_DAC_READ_SEARCH); the test seam forces /proc."""
+    if os.geteuid() == 0:
+        assert atomic._can_link_by_fd()
+    monkeypatch.setenv("MOG_LINK_VIA_PROC", "1")
+    assert not atomic._can_link_by_fd()
 
 
 def write_new(dirfd: int, name: str, data: bytes) -> tuple[int, str | None]:
@@ -136,13 +146,25 @@ def test_unnamed_commit_link_failure_names_nothing(tmp_path: Path, dirfd: int, m
         (tmp_path / "a.fid").write_bytes(old)
     fd, tmp = write_new(dirfd, "a.fid", b"new")
     assert tmp is None  # O_TMPFILE
-    calls = failing(monkeypatch, "link", after=0 if replacing or old is None else 1)
+    real = atomic._link  # the one call that names the file, by descriptor or through /proc (both params)
+    calls: list[str] = []
+
+    def link(fd: int, dirfd: int, name: str) -> None:
+        calls.append(name)
+        if len(calls) > (0 if replacing or old is None else 1):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), name)
+        real(fd, dirfd, name)
+
+    monkeypatch.setattr(atomic, "_link", link)
     try:
         with pytest.raises(OSError) as e:
             atomic.commit(fd, tmp, dirfd, "a.fid", durable=False, replacing=replacing)
     finally:
         os.close(fd)
-    assert e.value.errno == errno.EIO and calls and calls[0][0].startswith("/proc/self/fd/")
+    assert e.value.errno == errno.EIO
+    # A known replacement links under a temp name at once; otherwise the name itself is tried first.
+    assert atomic._TMP_NAME.match(calls[0]) if replacing else calls[0] == "a.fid"
+    assert all(atomic._TMP_NAME.match(n) for n in calls[1:])
     assert os.listdir(tmp_path) == ([] if old is None else ["a.fid"])
     if old is not None:
         assert (tmp_path / "a.fid").read_bytes() == old

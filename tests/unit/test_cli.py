@@ -1,6 +1,7 @@
 """Command line parsing and merging with config files (reference §1.1, §1.2.4, §1.5)."""
 from __future__ import annotations
 
+import os
 
 import pytest
 
@@ -206,6 +207,21 @@ def test_worker_processes(root):
         "--worker-processes exceeded (max=4294967295)"
     )
     assert load("--docroot=d1", "--worker-processes=4294967295").worker_processes == 4294967295
+
+
+def test_worker_processes_auto(root):
+    """One worker per CPU this process may run on (its affinity, not the machine's CPUs)."""
+    cpus = len(os.sched_getaffinity(0))
+    assert load("--docroot=d1", "--worker-processes=auto").worker_processes == cpus
+    assert startup_error("--worker-processes=Auto") == (
+        "failed to parse --worker-processes=Auto (invalid character: A)"
+    )
+    (root / "w.conf").write_text("worker_processes = auto\n")
+    assert load("--config=w.conf", "--docroot=d1").worker_processes == cpus
+    (root / "w3.conf").write_text("worker_processes = 3\n")
+    assert load("--config=w3.conf", "--docroot=d1").worker_processes == 3
+    # The command line wins, also when it asks for a single process.
+    assert load("--config=w.conf", "--docroot=d1", "--worker-processes=0").worker_processes == 0
 
 
 def test_server(root, capsys):

@@ -1,6 +1,8 @@
 """Config file readers: key = value (cmogstored/Perl union) and YAML."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mogstored.config.file import Listen, StartupError, parse_listen, read_config
@@ -234,6 +236,20 @@ def test_metrics_keys(tmp_path, warnings, name, text):
 def test_bad_metrics_keys_are_parser_errors(tmp_path, warnings, line):
     with pytest.raises(StartupError, match="parser error"):
         load(tmp_path, line + "\n", warnings)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("m.conf", "worker_processes = auto\n"), ("m.yaml", "worker_processes: auto\n"),
+])
+def test_worker_processes_auto_key(tmp_path, warnings, name, text):
+    cfg = load(tmp_path, text, warnings, name)
+    assert (cfg.worker_processes, warnings) == (len(os.sched_getaffinity(0)), [])
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "4294967296", "2 workers"])
+def test_bad_worker_processes_is_a_parser_error(tmp_path, warnings, value):
+    with pytest.raises(StartupError, match=f"failed to parse worker_processes={value}"):
+        load(tmp_path, f"worker_processes = {value}\n", warnings)
 
 
 def test_durable_and_mountcheck_keys(tmp_path, warnings):

@@ -15,7 +15,7 @@ from conftest import mounted, remount_cold
 
 from mogstored import counters
 from mogstored.event.step import Next
-from mogstored.http import states
+from mogstored.http import connection, states
 from mogstored.http.connection import TRICKLE_PIECES, HttpConnection
 from mogstored.http.get import INLINE_MAX
 from mogstored.store.fs import Docroot
@@ -62,9 +62,11 @@ def _recv_all(peer: socket.socket) -> bytes:
 
 def test_states_are_listed_once_and_say_where_they_run() -> None:
     names = [s.name for s in states.STATES]
-    assert len(set(names)) == len(names) == 8
+    assert len(set(names)) == len(names) == 10
     on_pool = {s.name for s in states.STATES if s.on_pool}
-    assert on_pool == {"opening", "sending", "creating", "receiving", "deleting"}
+    assert on_pool == {"opening", "sending", "sending-bulk", "creating", "receiving", "receiving-bulk", "deleting"}
+    assert {s.name for s in states.STATES if s.computes} == {"sending-bulk", "receiving-bulk"}
+    assert set(connection._STEPS) == set(states.STATES)  # every state has its step, in one table
 
 
 def test_cached_get_is_answered_on_the_event_thread(pair) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for mogstored.http.parser against §3.2-§3.6 and §8 of the protocol reference."""
+"""Unit tests for the HTTP request grammar (mogstored.http.head, .fields, .chunked) against §3.2-§3.6 and §8 of the protocol reference."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import time
 
 import pytest
 
-from mogstored.http import parser as http_parser
-from mogstored.http.parser import (
-    MAX_HEAD,
-    ChunkedDecoder,
+from mogstored.http import chunked, fields, head
+from mogstored.http.chunked import ChunkedDecoder
+from mogstored.http.fields import MAX_HEAD, HttpError
+from mogstored.http.head import (
     HeadParser,
-    HttpError,
     Request,
     check_put_framing,
     is_put_path,
@@ -696,9 +695,10 @@ class _CountingRuns:
 
 def _work(monkeypatch: pytest.MonkeyPatch, data: bytes, prefix: bytes = b"") -> tuple[int, int]:
     tally = [0, 0]
-    for name in dir(http_parser):
-        if isinstance(getattr(http_parser, name), re.Pattern):
-            monkeypatch.setattr(http_parser, name, _CountingRuns(getattr(http_parser, name), tally))
+    for module in (head, fields, chunked):
+        for name in dir(module):
+            if isinstance(getattr(module, name), re.Pattern):
+                monkeypatch.setattr(module, name, _CountingRuns(getattr(module, name), tally))
     res = feed_bytewise(data, prefix)
     monkeypatch.undo()
     assert res is not None and res[1] == len(prefix) + len(data)
@@ -1042,3 +1042,34 @@ def test_chunked_trailers_of_any_size_skipped() -> None:
 
 def test_chunked_md5_trailer_value_bounded() -> None:
     assert dec_status(b"0\r\nContent-MD5: " + b"a" * (MAX_HEAD + 1)) == 400
+
+
+# ---------------------------------------------------------------- one method table
+
+
+def test_the_method_table_drives_the_grammar_and_the_counters() -> None:
+    """counters.HTTP_METHODS is the one list: the fast path, the byte-by-byte states and
+    the metrics rows all take every method in it, and nothing else."""
+    from mogstored import counters
+
+    for method in counters.HTTP_METHODS:
+        line = b"%s /dev1/x HTTP/1.1\r\n\r\n" % method.encode()
+        whole = head.parse_whole(line)
+        assert whole is not None and whole[0].method == method
+        res = feed_bytewise(line)
+        assert res is not None and res[0].method == method
+        assert method in counters.METHODS
+    assert status_of(b"OPTIONS /dev1/x HTTP/1.1\r\n\r\n") == 400
+    assert head._METHOD_MAX == max(len(m) for m in counters.HTTP_METHODS) + 1
+
+
+def test_the_whole_head_match_runs_once_per_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    """parse_head tries the one-match fast path once; a HeadParser (made after it failed)
+    never tries it again, however many pieces the head comes in."""
+    tally = [0, 0]
+    monkeypatch.setattr(head, "_WHOLE_HEAD", _CountingRuns(head._WHOLE_HEAD, tally))
+    folded = hdr(b"X-A:", b" folded", b"Content-Length: 5")  # not a usual head: the states judge it
+    assert parse(folded).content_length == 5
+    assert tally[0] == 1
+    assert feed_bytewise(folded) is not None
+    assert tally[0] == 1

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mogstored.http import response as http_response
-from mogstored.http.parser import resolve_range
+from mogstored.http.head import resolve_range
 from mogstored.http.response import error_head, file_head, http_date, root_head
 
 EPOCH = b"Thu, 01 Jan 1970 00:00:00 GMT"

@@ -7,8 +7,9 @@ import time
 
 from mogstored import counters
 from mogstored.event.core import EventQueue
+from mogstored.event.step import State
 from mogstored.store import iopool
-from mogstored.store.iopool import IoPool, IoQueues
+from mogstored.store.iopool import IoPool, IoQueues, Task
 
 
 def _pool(n: int) -> tuple[EventQueue, IoPool]:
@@ -78,6 +79,29 @@ def test_threads_start_with_work_up_to_the_limit_and_idle_ones_leave(monkeypatch
     queue.stop()
 
 
+def test_aio_threads_brings_pools_with_threads_to_n_and_leaves_idle_devices_alone(monkeypatch) -> None:
+    """``server aio_threads = N`` shows in the thread count: a pool with threads and the
+    shared pool get exactly N at once; a device pool without threads keeps none.  The
+    extra threads leave after IDLE_EXIT without work, like any."""
+    monkeypatch.setattr(iopool, "IDLE_EXIT", 0.5)
+    queue = EventQueue(1)
+    ioq = IoQueues(queue.run)
+    ioq.set_devices("/r", {71, 72})
+    busy, idle = ioq.for_path("/r", "/dev71/x"), ioq.for_path("/r", "/dev72/x")
+    ran = threading.Event()
+    busy.call(ran.set)
+    assert ran.wait(5)
+    assert (_pool_threads("dev71"), _pool_threads("dev72"), _pool_threads("shared")) == (1, 0, 0)
+    ioq.resize(6)
+    assert (_pool_threads("dev71"), _pool_threads("dev72"), _pool_threads("shared")) == (6, 0, 6)
+    ioq.resize(2)
+    _wait(lambda: (_pool_threads("dev71"), _pool_threads("shared")) == (2, 2))  # idle surplus: at once
+    assert _pool_threads("dev72") == 0 and idle.limit == busy.limit == ioq.shared.limit == 2
+    _wait(lambda: _pool_threads("dev71") + _pool_threads("shared") == 0)  # then IDLE_EXIT
+    ioq.stop()
+    queue.stop()
+
+
 def test_one_idle_thread_serves_tasks_one_at_a_time() -> None:
     queue, pool = _pool(10)
     for i in range(20):
@@ -123,9 +147,10 @@ def test_steps_that_only_compute_share_one_thread(monkeypatch) -> None:
     queue.stop()
 
 
-def _hash_until(gate: threading.Event, declare: bool) -> None:
-    if declare:
-        iopool.computing()
+HASHING = State("hashing", on_pool=True, computes=True)  # a state that says it computes
+
+
+def _hash_until(gate: threading.Event) -> None:
     h, block = hashlib.md5(), bytes(8 << 20)
     while not gate.is_set():
         h.update(block)
@@ -138,7 +163,7 @@ def _jobs_behind_a_hashing_step(monkeypatch, declare: bool):
     queue, pool = _pool(10)
     gate = threading.Event()
     done: list[int] = []
-    pool.call(lambda: _hash_until(gate, declare))
+    pool.submit(Task(lambda: _hash_until(gate), HASHING if declare else iopool.TASK))
     _wait(lambda: _pool_threads("test") == 1)
     for i in range(3):
         pool.call(lambda i=i: done.append(i))
@@ -177,19 +202,19 @@ def test_the_grower_tells_a_thread_waiting_for_a_lock_from_one_hashing() -> None
     lock = threading.Lock()
     lock.acquire()
     gate = threading.Event()
-    clocks: list[counters.CallClock] = []
+    clocks: list[iopool._Thread] = []
 
     def clocked(fn):
         def run() -> None:
-            clock = counters.CallClock()  # this thread's tid
-            clock.computes = True
+            clock = iopool._Thread()  # this thread's tid
+            clock.job = Task(fn, HASHING)
             clock.since = counters.now()
             clocks.append(clock)
             fn()
         return threading.Thread(target=run)
 
     waiter = clocked(lock.acquire)
-    hasher = clocked(lambda: _hash_until(gate, declare=False))
+    hasher = clocked(lambda: _hash_until(gate))
     waiter.start()
     _wait(lambda: len(clocks) == 1)
     hasher.start()
@@ -208,13 +233,14 @@ def test_the_grower_tells_a_thread_waiting_for_a_lock_from_one_hashing() -> None
 def test_disk_waits_count_at_once_running_only_in_a_computing_step(monkeypatch) -> None:
     states = {"stat": b"1 (io:dev1) D 0", "syscall": b"17 0x1 0x2"}
     monkeypatch.setattr(iopool, "_task_file", lambda tid, name: states[name])
-    clock = counters.CallClock()
+    clock = iopool._Thread()
+    clock.job = Task(lambda: None)
     now = 100.0
     clock.since = now - 0.002
     assert iopool._needs_company(clock, now)  # a disk read of a few ms
     states["stat"] = b"1 (io:dev1) R 0"
-    assert not iopool._needs_company(clock, now)  # running, but not said to compute
-    clock.computes = True
+    assert not iopool._needs_company(clock, now)  # running, but not in a computing state
+    clock.job.state = HASHING
     assert iopool._needs_company(clock, now)
     states["syscall"] = iopool._FUTEX + b" 0x7f 0x89"
     assert not iopool._needs_company(clock, now)  # woken to take a lock
@@ -252,14 +278,15 @@ def test_a_submit_wakes_an_idle_thread_at_once_behind_stuck_or_computing_steps()
     """Without waiting for the grower's look: behind a long sweep, a hung disk or a
     digest, an idle thread is woken by the submit itself; behind a quick step, not."""
     queue, pool = _pool(10)
-    running = counters.CallClock()
+    running = iopool._Thread()
+    running.job = job = Task(lambda: None)
     pool.stats.clocks.append(running)
     with pool._lock:
         running.since = counters.now()
         assert not pool._running_ones_want_company()  # a quick step: it takes the job next
-        running.computes = True
+        job.state = HASHING
         assert pool._running_ones_want_company()
-        running.computes = False
+        job.state = iopool.TASK
         running.since = counters.now() - iopool.STUCK_AFTER
         assert pool._running_ones_want_company()
     pool.stats.clocks.remove(running)

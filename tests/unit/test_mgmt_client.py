@@ -38,6 +38,19 @@ def test_failed_send_closes_without_running_the_rest() -> None:
     c.close()
 
 
+def test_shutting_down_answers_what_was_sent_then_closes() -> None:
+    """The graceful-quit rule every connection shares (event/stream.py): a command
+    already sent is read and answered; with nothing buffered, a read that finds
+    nothing closes."""
+    c, peer = client_pair()
+    c.svc.process.quitting = True
+    peer.sendall(b"hello\r\n")
+    assert c.step(None) is Next.READ  # that recv drained the socket: one per wake-up
+    assert peer.recv(100) == b"ERROR: unknown command: hello\r\n"
+    assert c.step(None) is Next.CLOSE  # woken again: nothing came
+    c.close()
+
+
 # -- the disk states, with a real docroot and fsck queue ---------------------------
 import hashlib  # noqa: E402
 import os  # noqa: E402

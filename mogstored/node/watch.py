@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Mapping
 from typing import Protocol
+
+from mogstored.node.scan import Device
+
+
+def watch_block(devices: Mapping[int, Device], utils: dict[int, str]) -> bytes:
+    """One block for a service's watchers: ``<devid>\t<util>\n`` ... ``.\n``
+    (``utils`` by st_dev; ``-`` where iostat has no figure)."""
+    lines = [f"{devid}\t{utils.get(dev.st_dev, '-')}\n" for devid, dev in sorted(devices.items())]
+    lines.append(".\n")
+    return "".join(lines).encode()
 
 
 class Watcher(Protocol):
