@@ -12,11 +12,13 @@ import sys
 from mogstored import log
 from mogstored.config import listeners
 from mogstored.config.cli import EarlyExit, UsageError, load_options
-from mogstored.config.options import Options, StartupError
+from mogstored.config.options import StartupError
 from mogstored.libc import machine_note
 from mogstored.process.arbiter import Arbiter, first_usage_pass
 from mogstored.process.daemon import Pidfile, daemonize, raise_nofile
-from mogstored.process.server import Listener, serve
+from mogstored.process.listening import open_listeners
+from mogstored.process.reload import Reload
+from mogstored.process.server import serve
 from mogstored.process.upgrade import Upgrade
 
 
@@ -25,28 +27,12 @@ def program_name() -> str:
     return "mogstored" if argv0.endswith("__main__.py") else argv0
 
 
-def open_listeners(opts: Options) -> list[Listener]:
-    """Bind every configured listener, reusing inherited sockets (§1.6)."""
-    inherited = listeners.inherit(os.environ)
-    result = []
-    for svc in opts.services:
-        wanted = [("mgmt", svc.mgmtlisten)]
-        if opts.server != "none":
-            wanted += [("http", svc.httplisten), ("httpget", svc.httpgetlisten)]
-        for kind, addr in wanted:
-            if addr is not None:
-                result.append(Listener(kind, svc, listeners.bind(addr, inherited)))
-    if opts.metricslisten is not None:
-        result.append(Listener("metrics", None, listeners.bind(opts.metricslisten, inherited)))
-    listeners.close_unused(inherited)
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     signals.hold()  # also when main() is called without running this module
     argv0 = program_name()
+    args = sys.argv[1:] if argv is None else argv
     try:
-        opts = load_options(sys.argv[1:] if argv is None else argv, argv0, os.environ)
+        opts = load_options(args, argv0, os.environ)
     except EarlyExit as e:
         sys.stdout.write(e.text)
         return e.code
@@ -56,12 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as e:
         sys.stderr.write("".join(f"{argv0}: {line}\n" for line in str(e).splitlines()))
         return 1
+    if opts.test_config:  # parsed, paths resolved, listen addresses well-formed; nothing bound
+        sys.stdout.write("configuration ok\n")
+        return 0
     log.open_syslog()
     if (note := machine_note()) is not None:
         log.error(note)
     raise_nofile(opts.maxconns)
     try:
-        bound = open_listeners(opts)
+        inherited = listeners.inherit(os.environ)
+        bound = open_listeners(opts, inherited)
+        listeners.close_unused(inherited)
         pidfile = Pidfile.open(opts.pidfile) if opts.pidfile else None
     except StartupError as e:
         sys.stderr.write(f"{argv0}: {e}\n")
@@ -70,14 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     if pidfile is not None:
         pidfile.write(os.getpid())
     upgrade = Upgrade(opts.pidfile, [lst.sock for lst in bound])
+    reload = Reload(args, argv0, opts, upgrade)
     if opts.worker_processes:
         first_usage_pass(opts.services)
         if ready is not None:
             ready()
-        status = Arbiter(bound, opts.worker_processes, opts.iostat, upgrade, opts.stallseconds).run()
+        status = Arbiter(bound, opts.worker_processes, opts.iostat, upgrade, opts.stallseconds, reload).run()
     else:
         status = serve(bound, opts.worker_processes, opts.iostat, upgrade=upgrade, ready=ready,
-                       stall_seconds=opts.stallseconds)
+                       stall_seconds=opts.stallseconds, reload=reload)
     if pidfile is not None:
         pidfile.remove()
     upgrade.finish()

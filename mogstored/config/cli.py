@@ -66,17 +66,18 @@ Usage: {PROGRAM} [OPTION...]
       --pidfile=<path>       path to PID file
       --stallseconds=<n>     A device whose disk call runs longer is stalled.
                              Defaults to 10
+  -t, --test-config          Check the command line and config files, then exit
   -?, --help                 give this help list
       --usage                give a short usage message
   -V, --version              print program version
 """
 
 USAGE_TEXT = f"""\
-Usage: {PROGRAM} [-d?V] [--config=<file>] [--daemonize] [--docroot=<path>]
+Usage: {PROGRAM} [-dt?V] [--config=<file>] [--daemonize] [--docroot=<path>]
             [--durable] [--httplisten=<ip:port>] [--maxconns=<number>]
             [--metricslisten=<ip:port>] [--mgmtlisten=<ip:port>] [--mountcheck]
-            [--pidfile=<path>] [--stallseconds=<n>] [--help] [--usage]
-            [--version]
+            [--pidfile=<path>] [--stallseconds=<n>] [--test-config] [--help]
+            [--usage] [--version]
 """
 
 TRY_TEXT = f"Try '{PROGRAM} --help' or '{PROGRAM} --usage' for more information.\n"
@@ -96,6 +97,7 @@ LONG_OPTIONS: dict[str, bool] = {
     "mountcheck": False,
     "pidfile": True,
     "stallseconds": True,
+    "test-config": False,
     "server": True,
     "multi": False,
     "worker-processes": True,
@@ -104,7 +106,7 @@ LONG_OPTIONS: dict[str, bool] = {
     "usage": False,
     "version": False,
 }
-SHORT_OPTIONS = {"d": "daemonize", "s": "skipconfig", "?": "help", "V": "version"}
+SHORT_OPTIONS = {"d": "daemonize", "s": "skipconfig", "t": "test-config", "?": "help", "V": "version"}
 
 
 class UsageError(Exception):
@@ -138,6 +140,7 @@ class _CommandLine:
     stallseconds: int | None = None
     durable: bool = False
     mountcheck: bool = False
+    test_config: bool = False
 
 
 def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Options:
@@ -191,6 +194,7 @@ def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Opt
         iostat=all(c.iostat for c in cmd.configs),
         metricslisten=metricslisten,
         stallseconds=DEFAULT_STALL_SECONDS if stallseconds is None else stallseconds,
+        test_config=cmd.test_config,
     )
 
 
@@ -296,6 +300,8 @@ def _apply(cmd: _CommandLine, option: str, value: str | None, seen_configs: set[
         setattr(cmd, option, value)
     elif option in ("daemonize", "multi", "durable", "mountcheck"):
         setattr(cmd, option, True)
+    elif option == "test-config":
+        cmd.test_config = True
     elif option == "help":
         raise EarlyExit(0, HELP_TEXT)
     elif option == "usage":
@@ -336,7 +342,7 @@ def _multi_services(cmd: _CommandLine, configs: list[ConfigFile]) -> list[Servic
     services: list[Service] = []
     for c in configs:
         assert c.docroot is not None
-        docroot = _resolve(c.docroot)
+        docroot = _resolve_docroot(c.docroot)
         if any(s.docroot == docroot for s in services):
             raise StartupError(f"failed to load svc from docroot={c.docroot}")
         services.append(Service(docroot, c.httplisten, c.mgmtlisten, c.httpgetlisten,
@@ -357,7 +363,7 @@ def _single_service(cmd: _CommandLine, cfg: ConfigFile | None) -> Service:
     httpget = cfg.httpgetlisten
     if not (http or mgmt or httpget):
         http, mgmt = DEFAULT_HTTPLISTEN, DEFAULT_MGMTLISTEN
-    return Service(_resolve(docroot), http, mgmt, httpget,
+    return Service(_resolve_docroot(docroot), http, mgmt, httpget,
                    cmd.durable or cfg.durable, cmd.mountcheck or cfg.mountcheck)
 
 
@@ -381,6 +387,13 @@ def _resolve(path: str) -> str:
         return os.path.realpath(path, strict=True)
     except OSError as e:
         raise StartupError(f"`{path}' failed to resolve: {e.strerror}") from None
+
+
+def _resolve_docroot(path: str) -> str:
+    real = _resolve(path)
+    if not os.path.isdir(real):
+        raise StartupError(f"docroot={path} is not a directory")
+    return real
 
 
 def _canonical_pidfile(path: str) -> str:

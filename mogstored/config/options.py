@@ -55,3 +55,4 @@ class Options:
     iostat: bool
     metricslisten: Listen | None = None  # the Prometheus endpoint, off by default
     stallseconds: int = DEFAULT_STALL_SECONDS  # a disk call running longer marks its device stalled
+    test_config: bool = False  # -t: check the configuration, start nothing

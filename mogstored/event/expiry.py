@@ -56,10 +56,18 @@ def _idle(sock: socket.socket) -> bool:
 
 
 def heard_within(sock: socket.socket, ms: int) -> bool:
-    """Data arrived less than ``ms`` ago; for a connection that never sent
-    any, it was established less than ``ms`` ago."""
+    """Data arrived less than ``ms`` ago (for a connection that never sent
+    any: it was established less than ``ms`` ago), or arrived earlier and
+    waits unread (its reader was short of CPU)."""
     info = tcp_info(sock)
-    return info is not None and info.last_data_recv < ms
+    if info is None:
+        return False
+    if info.last_data_recv < ms:
+        return True
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing queued
+        return False
 
 
 class Expiry:

@@ -64,11 +64,16 @@ class MetricsBoard:
                 return marshal.loads(blob) if n else None
         return None
 
+    def counters(self, index: int) -> dict:
+        snap = self.read(index)
+        return snap["c"] if snap is not None else {}
+
     def retire(self, index: int) -> None:
         """A worker is gone (master): its counters stay, its gauges go."""
         snap = self.read(index)
         if snap is not None:
             self.write(index, {"c": snap["c"], "g": {}})
 
-    def set_master(self, workers: int, restarts: int) -> None:
-        self.write(self.master, {"c": {("restarts",): restarts}, "g": {("workers",): workers}})
+    def set_master(self, workers: int, restarts: int, carried: dict | None = None) -> None:
+        """The master's slot; ``carried``: the counters of workers replaced by a reload."""
+        self.write(self.master, {"c": {**(carried or {}), ("restarts",): restarts}, "g": {("workers",): workers}})

@@ -14,7 +14,7 @@ import os
 from mogstored.config.options import Service
 from mogstored.node.control import Control
 from mogstored.node.scan import Device, MountLog, scan, sweep, unmounted
-from mogstored.node.usage import measure, write_usage_file
+from mogstored.node.usage import measure, remove_usage_file, write_usage_file
 from mogstored.node.watch import Watchers
 from mogstored.store import devices
 from mogstored.store.fs import Docroot
@@ -31,13 +31,27 @@ class ServiceContext:
         self.fsck = fsck
         self.process = process
         self.watchers = Watchers()
-        self.has_usage = service.mgmtlisten is not None  # §2.3.3: no sidechannel, no usage
-        self.durable = service.durable
-        self.mountcheck = service.mountcheck
         self._docroot_dev = os.stat(self.docroot.fd).st_dev
         self._mount_log = MountLog()
         self.devices: dict[int, Device] = {}
         self._mounts: dict[int, devices.Mount] = {}
+        self.mountcheck = service.mountcheck
+        self.configure(service)
+
+    def configure(self, service: Service) -> None:
+        """The service's settings, at start and at a reload (main thread); each
+        request reads them as it comes."""
+        self.has_usage = service.mgmtlisten is not None  # §2.3.3: no sidechannel, no usage
+        self.durable = service.durable
+        if service.mountcheck == self.mountcheck:
+            return
+        self.mountcheck = service.mountcheck
+        for dev in self.devices.values():
+            dev.mounted = not unmounted(self.mountcheck, dev.st_dev, self._docroot_dev)
+            self._mount_log.note(dev)
+            if not dev.mounted:  # the usage it had would invite writes
+                dev.usage = None
+                dev.pool.call(functools.partial(remove_usage_file, self.docroot, dev.devid))
 
     # -- discovery (main thread) -------------------------------------------
     def scan(self) -> None:
@@ -58,6 +72,8 @@ class ServiceContext:
                                         self.ioq.for_path(self.docroot.path, f"/dev{devid}"), mounted)
             self._mount_log.note(dev)
             dev.pool.call(functools.partial(sweep, self.docroot, dev))
+            if not mounted:  # a usage file written before mountcheck was on
+                dev.pool.call(functools.partial(remove_usage_file, self.docroot, devid))
         self.devices = table
 
     def refuses_writes(self, path: str) -> bool:

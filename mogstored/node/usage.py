@@ -1,6 +1,7 @@
 """Device usage: measured with fstatvfs, written to ``devN/usage`` the way PUTs
 replace files.  A ``chmod 000`` usage file (the operator's way to stop the
-writes) is left alone."""
+writes) is left alone.  An unmounted device (``mountcheck``) advertises no
+usage: a usage file written on the docroot's own filesystem goes."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from mogstored import log
 from mogstored.config.options import Service
 from mogstored.node.scan import scan, unmounted
 from mogstored.store import atomic, devices
+from mogstored.store.fs import Docroot
 
 
 def _mount_source(path: str, st_dev: int, mounts: dict[int, devices.Mount]) -> str | None:
@@ -73,3 +75,17 @@ def write_usage_now(service: Service) -> None:
         usage = measure(path, st_dev, mounts)
         if usage is not None:
             write_usage_file(path, usage)
+
+
+def remove_usage_file(docroot: Docroot, devid: int) -> None:
+    """``devN/usage`` of a device found unmounted (device pool)."""
+    try:
+        fd, name = docroot.open_parent(f"dev{devid}/usage")
+        try:
+            os.unlink(name, dir_fd=fd)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.error(f"unlink({docroot.path}/dev{devid}/usage): {e.strerror}")

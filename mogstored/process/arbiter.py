@@ -1,5 +1,6 @@
 """The master of ``--worker-processes=N`` (§6.6): forks the workers, respawns the
-dead, passes QUIT on, and performs SIGUSR2 upgrades.  It serves nothing.
+dead, passes QUIT on, performs SIGUSR2 upgrades, and on SIGHUP replaces its
+workers with ones started on the configuration read again.  It serves nothing.
 
 The master stays single-threaded for its whole life: it forks workers at any
 time (respawns), and forking a process with threads is unsafe.  So it runs no
@@ -9,6 +10,12 @@ the loop below reads like the state machine it is.
 
 Every worker is a complete single-process server accepting on the shared
 listeners; balancing between them is the kernel's (and :mod:`core`'s) job.
+
+A reload replaces every worker, nginx's way: the master binds the new
+listeners, forks a new set of workers (with a load board and a metrics board
+of their own), and sends the old ones QUIT, so they finish their requests and
+exit while the new ones already accept.  Their counters are carried into the
+master's slot, so node totals never go backwards.
 """
 from __future__ import annotations
 
@@ -21,9 +28,12 @@ from mogstored.config.options import DEFAULT_STALL_SECONDS, Service
 from mogstored.metrics.board import MetricsBoard
 from mogstored.node.usage import write_usage_now
 from mogstored.process.board import LoadBoard
-from mogstored.process.server import Listener, serve
+from mogstored.process.listening import Listener
+from mogstored.process.reload import Reload, Reloaded
+from mogstored.process.server import serve
 from mogstored.process.signals import (
     LIFECYCLE_SIGNALS,
+    RELOAD_SIGNAL,
     STOP_SIGNAL,
     STOP_SIGNALS,
     UPGRADE_SIGNAL,
@@ -38,19 +48,24 @@ class Arbiter:
     """Keeps N workers alive until told to stop."""
 
     def __init__(self, listeners: list[Listener], nworkers: int, iostat: bool, upgrade: Upgrade,
-                 stall_seconds: int = DEFAULT_STALL_SECONDS) -> None:
+                 stall_seconds: int = DEFAULT_STALL_SECONDS, reload: Reload | None = None) -> None:
         self.listeners = listeners
         self.nworkers = nworkers
         self.iostat = iostat
         self.upgrade = upgrade
+        self.reload = reload
         self.pid = os.getpid()
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.unborn: dict[int, float] = {}  # index -> when to retry a failed fork
+        # Workers of earlier configurations finishing their requests: pid ->
+        # (their metrics board, index, its counters when they were replaced).
+        self.retiring: dict[int, tuple[MetricsBoard, int, dict]] = {}
         self.quitting = False
         self.board = LoadBoard(nworkers)
         self.stall_seconds = stall_seconds
         self.metrics_board = MetricsBoard(nworkers)  # mapped before any fork
         self.restarts = 0
+        self.carried: dict = {}  # counters of replaced workers
         self.metrics_board.set_master(nworkers, self.restarts)
 
     def run(self) -> int:
@@ -67,7 +82,7 @@ class Arbiter:
                     self.handle(info.si_signo)
             self.reap()
             if self.quitting:
-                if not self.workers:
+                if not self.workers and not self.retiring:
                     return 0
                 self.signal_workers(STOP_SIGNAL)
             else:
@@ -80,7 +95,9 @@ class Arbiter:
                 lst.sock.close()
         elif sig == UPGRADE_SIGNAL and not self.quitting:
             self.upgrade.start()
-        # SIGCHLD: reaped right after; USR1, HUP, WINCH: no-ops, as in cmogstored
+        elif sig == RELOAD_SIGNAL and not self.quitting and self.reload is not None:
+            self.reload.run(self.listeners, self.replace_workers)
+        # SIGCHLD: reaped right after; USR1, WINCH: no-ops, as in cmogstored
 
     def _timeout(self) -> float | None:
         if self.quitting:
@@ -90,6 +107,34 @@ class Arbiter:
         return None
 
     # -- workers -------------------------------------------------------------
+    def replace_workers(self, new: Reloaded) -> None:
+        """SIGHUP: new workers on the configuration read again; the old ones quit."""
+        self.listeners = new.listeners
+        self.iostat = new.opts.iostat
+        self.stall_seconds = new.opts.stallseconds
+        old_board = self.metrics_board
+        for pid, index in self.workers.items():
+            counts = old_board.counters(index)
+            self.retiring[pid] = (old_board, index, counts)
+            _add_counters(self.carried, counts)
+        for index in range(self.nworkers):  # slots of workers not running now (dead, unborn)
+            if index not in self.workers.values():
+                _add_counters(self.carried, old_board.counters(index))
+        old = list(self.workers)
+        self.workers.clear()
+        self.unborn.clear()
+        self.nworkers = new.opts.worker_processes
+        self.board = LoadBoard(self.nworkers)
+        self.metrics_board = MetricsBoard(self.nworkers)
+        self.metrics_board.set_master(self.nworkers, self.restarts, self.carried)
+        for sock in new.unused:  # before forking; the old workers hold their own copies until they exit
+            sock.close()
+        for i in range(self.nworkers):
+            self.spawn(i)
+        for pid in old:
+            _kill(pid, STOP_SIGNAL)
+        log.info(f"reload: {self.nworkers} new workers, {len(old)} old ones finishing their requests")
+
     def spawn(self, index: int) -> None:
         try:
             pid = os.fork()
@@ -109,13 +154,15 @@ class Arbiter:
                 self.spawn(index)
 
     def reap(self) -> None:
-        """Only our own children, by PID: the workers and the upgrade child."""
+        """Only our own children, by PID: the workers, the replaced ones and the upgrade child."""
+        for pid, (board, index, counts) in list(self.retiring.items()):
+            if _exited(pid) is not None:
+                del self.retiring[pid]
+                _add_counters(self.carried, board.counters(index), counts)  # what it counted since
+                self.metrics_board.set_master(self.nworkers, self.restarts, self.carried)
         for pid, index in list(self.workers.items()):
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done, status = pid, 0
-            if done == 0:
+            status = _exited(pid)
+            if status is None:
                 continue
             del self.workers[pid]
             self.board.withdraw(index)
@@ -123,16 +170,13 @@ class Arbiter:
             if not self.quitting:
                 log.error(f"worker[{index}] PID:{pid} died with status={status}, respawning")
                 self.restarts += 1
-                self.metrics_board.set_master(self.nworkers, self.restarts)
+                self.metrics_board.set_master(self.nworkers, self.restarts, self.carried)
                 self.spawn(index)
         self.upgrade.poll()
 
     def signal_workers(self, sig: int) -> None:
-        for pid in self.workers:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        for pid in [*self.workers, *self.retiring]:
+            _kill(pid, sig)
 
     def _worker(self, index: int) -> int:
         """In the forked child: become a complete single-process server."""
@@ -144,6 +188,28 @@ class Arbiter:
         except BaseException as e:  # noqa: BLE001  # never return into the master's code
             log.error(f"worker died: {e!r}")
             return 1
+
+
+def _exited(pid: int) -> int | None:
+    """The wait status of a child that exited (reaped now), else None."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return 0
+    return None if done == 0 else status
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _add_counters(into: dict, counts: dict, minus: dict | None = None) -> None:
+    """``into += counts - minus``, key by key."""
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n - (minus or {}).get(key, 0)
 
 
 def first_usage_pass(services: list[Service]) -> None:

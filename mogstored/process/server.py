@@ -9,7 +9,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from mogstored import log
@@ -26,6 +25,8 @@ from mogstored.mgmt.connection import MgmtConnection
 from mogstored.node.service import ServiceContext
 from mogstored.node.watch import watch_block
 from mogstored.process import signals
+from mogstored.process.listening import Listener
+from mogstored.process.reload import Reload, Reloaded
 from mogstored.process.upgrade import Upgrade
 from mogstored.store.devices import read_mounts
 from mogstored.store.fsck import FsckQueues
@@ -49,13 +50,6 @@ def usage_interval(environ: dict[str, str] | os._Environ[str] = os.environ) -> i
     return n if n > 0 else 10
 
 
-@dataclass
-class Listener:
-    kind: str  # "http", "httpget", "mgmt" or "metrics"
-    service: Service | None  # None: the node-wide metrics listener
-    sock: socket.socket
-
-
 def acceptor_threads(kind: str, worker_processes: int) -> int:
     """One blocking acceptor per CPU for HTTP (spread over worker processes),
     one for the sidechannel (and the metrics port), as cmogstored does."""
@@ -71,19 +65,22 @@ class Ask(enum.Enum):
     UPGRADE = 2
     USAGE_PASS = 3
     AIO_THREADS = 4
+    RELOAD = 5
 
 
 class Server:
     """Serves the given listeners until a graceful shutdown completes.
 
     ``master_pid``, ``board`` and ``metrics_board`` are given in a worker
-    process (§6.6), ``upgrade`` when this process itself serves (no workers)."""
+    process (§6.6), ``upgrade`` and ``reload`` when this process itself serves
+    (no workers)."""
 
     def __init__(self, listeners: list[Listener], worker_processes: int, iostat: bool, *,
                  upgrade: Upgrade | None = None, master_pid: int | None = None,
                  board: Board | None = None, stall_seconds: int = DEFAULT_STALL_SECONDS,
-                 metrics_board: MetricsBoard | None = None) -> None:
+                 metrics_board: MetricsBoard | None = None, reload: Reload | None = None) -> None:
         self.listeners = listeners
+        self.reload = reload
         self.worker_processes = worker_processes
         self.quitting = False
         self._wake = signals.Waker()
@@ -98,18 +95,16 @@ class Server:
         self.expiry = Expiry(self.queue.clients.values)
         self.ioq = IoQueues(self.queue.run)
         self.fsck = FsckQueues()
-        self.services: dict[int, ServiceContext] = {}
-        for lst in listeners:
-            if lst.service is not None and id(lst.service) not in self.services:
-                self.services[id(lst.service)] = ServiceContext(lst.service, self.ioq, self.fsck, self)
-        self.acceptors: list[Acceptor] = []
+        self.services: dict[str, ServiceContext] = {}  # by docroot
+        self.acceptors: dict[tuple[str, int], Acceptor] = {}  # by kind and id() of the listening socket
         self.usage_interval = usage_interval()
-        # §4.5.1: iostat only serves watchers, so only with a sidechannel.
+        self.iostat_wanted = iostat
         self.iostat: IostatRunner | None = None
-        if iostat and any(lst.kind == "mgmt" for lst in listeners):
-            self.iostat = IostatRunner(os.environ.get("MOG_IOSTAT_CMD", DEFAULT_COMMAND), self._on_iostat)
-        self.metrics = NodeMetrics(self.ioq, list(self.services.values()), self.queue.clients,
-                                   [lst.kind for lst in listeners], stall_seconds, metrics_board)
+        self.metrics = NodeMetrics(self.ioq, [], self.queue.clients, [lst.kind for lst in listeners],
+                                   stall_seconds, metrics_board)
+        for lst in listeners:
+            if lst.service is not None:
+                self._context(lst.service)
 
     # -- node.Control: called from any thread -----------------------------------
     def _ask(self, ask: Ask, n: int = 0) -> None:
@@ -141,7 +136,7 @@ class Server:
     def _on_iostat(self, report: dict[str, str]) -> None:
         """iostat thread: one block to every watcher of every service."""
         self.metrics.on_iostat(report)
-        contexts = [ctx for ctx in self.services.values() if len(ctx.watchers)]
+        contexts = [ctx for ctx in list(self.services.values()) if len(ctx.watchers)]
         if not contexts:
             return
         utils = map_utilisation(report, read_mounts())
@@ -156,31 +151,75 @@ class Server:
 
     def install_signals(self) -> None:
         signals.install_serving(self._wake, lambda: self._ask(Ask.STOP),
-                                None if self.upgrade is None else lambda: self._ask(Ask.UPGRADE))
+                                None if self.upgrade is None else lambda: self._ask(Ask.UPGRADE),
+                                None if self.reload is None else lambda: self._ask(Ask.RELOAD))
+
+    def _context(self, service: Service) -> ServiceContext:
+        """The service's context, made on its first listener."""
+        ctx = self.services.get(service.docroot)
+        if ctx is None:
+            ctx = self.services[service.docroot] = ServiceContext(service, self.ioq, self.fsck, self)
+            self.metrics.services.append(ctx)
+        return ctx
+
+    def _accept(self, lst: Listener) -> None:
+        """Start accepting on a listener."""
+        make: Callable[[socket.socket], Client]
+        if lst.kind == "metrics":
+            from mogstored.metrics.connection import (
+                MetricsConnection,  # prometheus_client only when asked for
+            )
+
+            make = lambda sock: MetricsConnection(sock, self.metrics, self)  # type: ignore[misc]
+        else:
+            assert lst.service is not None
+            ctx = self._context(lst.service)
+            if lst.kind == "mgmt":
+                make = lambda sock: MgmtConnection(sock, ctx)  # type: ignore[misc]
+            else:
+                make = lambda sock, get_only=(lst.kind == "httpget"): HttpConnection(  # type: ignore[misc]
+                    sock, ctx, get_only)
+        acc = Acceptor(lst.sock, self.queue, make, acceptor_threads(lst.kind, self.worker_processes),
+                       signals.KICK_SIGNAL, self.expiry.accept_failed, self.board)
+        self.acceptors[(lst.kind, id(lst.sock))] = acc
+        acc.start()
+
+    def _run_iostat(self) -> None:
+        """§4.5.1: iostat only serves watchers, so only with a sidechannel."""
+        wanted = self.iostat_wanted and any(lst.kind == "mgmt" for lst in self.listeners)
+        if wanted and self.iostat is None:
+            self.iostat = IostatRunner(os.environ.get("MOG_IOSTAT_CMD", DEFAULT_COMMAND), self._on_iostat)
+            self.iostat.start()
+        elif not wanted and self.iostat is not None:
+            self.iostat.stop()
+            self.iostat = None
 
     def start(self) -> None:
         for lst in self.listeners:
-            make: Callable[[socket.socket], Client]
-            if lst.kind == "metrics":
-                from mogstored.metrics.connection import (
-                    MetricsConnection,  # prometheus_client only when asked for
-                )
-
-                make = lambda sock: MetricsConnection(sock, self.metrics, self)  # type: ignore[misc]
-            elif lst.kind == "mgmt":
-                ctx = self.services[id(lst.service)]
-                make = lambda sock, ctx=ctx: MgmtConnection(sock, ctx)  # type: ignore[misc]
-            else:
-                ctx = self.services[id(lst.service)]
-                make = lambda sock, ctx=ctx, get_only=(lst.kind == "httpget"): HttpConnection(  # type: ignore[misc]
-                    sock, ctx, get_only)
-            acc = Acceptor(lst.sock, self.queue, make, acceptor_threads(lst.kind, self.worker_processes),
-                           signals.KICK_SIGNAL, self.expiry.accept_failed, self.board)
-            self.acceptors.append(acc)
-            acc.start()
-        if self.iostat is not None:
-            self.iostat.start()
+            self._accept(lst)
+        self._run_iostat()
         self.metrics.start()
+
+    def switch(self, new: Reloaded) -> None:
+        """SIGHUP: switch to the configuration read again.  Acceptors move to
+        the new listeners first; connections accepted before go on as they were."""
+        keep = {(lst.kind, id(lst.sock)) for lst in new.listeners}
+        for key in list(self.acceptors):
+            if key not in keep:
+                self.acceptors.pop(key).stop()
+        for sock in new.unused:
+            sock.close()
+        self.listeners = new.listeners
+        for lst in self.listeners:
+            if (lst.kind, id(lst.sock)) not in self.acceptors:
+                self._accept(lst)
+        for svc in new.opts.services:
+            if svc.docroot in self.services:
+                self.services[svc.docroot].configure(svc)
+        self.metrics.listeners = [lst.kind for lst in self.listeners]
+        self.metrics.stall_seconds = new.opts.stallseconds
+        self.iostat_wanted = new.opts.iostat
+        self._run_iostat()
 
     def run(self) -> int:
         """Main loop: periodic usage passes and what was asked, until asked to stop."""
@@ -208,6 +247,9 @@ class Server:
                     self.ioq.resize(n)
                 elif ask is Ask.USAGE_PASS:
                     usage_now = True
+                elif ask is Ask.RELOAD and self.reload is not None:
+                    self.reload.run(self.listeners, self.switch)
+                    usage_now = True  # a device may refuse or accept writes now (mountcheck)
             if stop:
                 break
             if usage_now or time.monotonic() >= next_usage:
@@ -222,9 +264,9 @@ class Server:
         from setproctitle import setproctitle
 
         setproctitle(SHUTDOWN_TITLE)
-        for acc in self.acceptors:
+        for acc in self.acceptors.values():
             acc.running = False
-        for acc in self.acceptors:
+        for acc in self.acceptors.values():
             acc.stop()
         for lst in self.listeners:
             lst.sock.close()  # new connections are refused from here on
@@ -236,7 +278,7 @@ class Server:
         while self.queue.clients:
             for client in self.queue.idle_clients():
                 if heard_within(client.sock, SHUTDOWN_GRACE_MS):
-                    continue  # its request may be in flight (a connection just made)
+                    continue  # its request may be in flight (a connection just made) or not read yet
                 try:
                     client.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -250,10 +292,10 @@ class Server:
 def serve(listeners: list[Listener], worker_processes: int, iostat: bool, *,
           upgrade: Upgrade | None = None, master_pid: int | None = None, board: Board | None = None,
           stall_seconds: int = DEFAULT_STALL_SECONDS, metrics_board: MetricsBoard | None = None,
-          ready: Callable[[], None] | None = None) -> int:
+          ready: Callable[[], None] | None = None, reload: Reload | None = None) -> int:
     """Serve until a graceful shutdown: the single process, or one worker."""
     server = Server(listeners, worker_processes, iostat, upgrade=upgrade, master_pid=master_pid, board=board,
-                    stall_seconds=stall_seconds, metrics_board=metrics_board)
+                    stall_seconds=stall_seconds, metrics_board=metrics_board, reload=reload)
     server.install_signals()
     server.usage_pass(now=True)
     server.start()

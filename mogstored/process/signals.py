@@ -17,6 +17,7 @@ LIFECYCLE_SIGNALS = frozenset({signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, si
 STOP_SIGNALS = frozenset({signal.SIGQUIT, signal.SIGTERM, signal.SIGINT})  # graceful shutdown
 STOP_SIGNAL = signal.SIGQUIT  # what a worker sends its master for ``shutdown``
 UPGRADE_SIGNAL = signal.SIGUSR2
+RELOAD_SIGNAL = signal.SIGHUP
 # The signal that kicks an acceptor out of accept4 (EINTR).  USR1 is otherwise a
 # no-op, as in cmogstored; its handler does nothing.
 KICK_SIGNAL = signal.SIGUSR1
@@ -55,14 +56,19 @@ class Waker:
             pass
 
 
-def install_serving(waker: Waker, on_stop: Callable[[], None], on_upgrade: Callable[[], None] | None) -> None:
-    """A serving process: QUIT/TERM/INT stop it gracefully; USR2 upgrades
-    unless it is a worker (``on_upgrade`` None); HUP and WINCH are ignored;
-    USR1 only interrupts accept4.  Then the signals held since start-up are let in."""
+def install_serving(waker: Waker, on_stop: Callable[[], None], on_upgrade: Callable[[], None] | None,
+                    on_reload: Callable[[], None] | None) -> None:
+    """A serving process: QUIT/TERM/INT stop it gracefully; USR2 upgrades and
+    HUP reloads unless it is a worker (``on_upgrade``, ``on_reload`` None: the
+    master replaces workers instead); WINCH is ignored; USR1 only interrupts
+    accept4.  Then the signals held since start-up are let in."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda s, f: on_stop())
-    for sig in (signal.SIGHUP, signal.SIGWINCH):
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGWINCH, signal.SIG_IGN)
+    if on_reload is None:
+        signal.signal(RELOAD_SIGNAL, signal.SIG_IGN)
+    else:
+        signal.signal(RELOAD_SIGNAL, lambda s, f: on_reload())
     if on_upgrade is None:
         signal.signal(UPGRADE_SIGNAL, signal.SIG_IGN)
     else:

@@ -467,3 +467,18 @@ def test_durable_and_mountcheck_flags(root):
     service = load(f"--config={conf}").services[0]
     assert (service.durable, service.mountcheck) == (True, False)
     assert load(f"--config={conf}", "--mountcheck").services[0].mountcheck is True
+
+
+# --- -t / --test-config ------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["-t", "--test-config", "--test"])
+def test_test_config_flag(root, flag):
+    assert load(flag, "--docroot=d1").test_config is True
+    assert load("--docroot=d1").test_config is False
+
+
+def test_docroot_must_be_a_directory(root):
+    (root / "file").write_text("")
+    assert startup_error("--docroot=file") == "docroot=file is not a directory"
+    cfg = conf(root, "a.conf", f"docroot = {root}/file\nhttplisten = 7500\n")
+    assert startup_error(f"--config={cfg}") == f"docroot={root}/file is not a directory"

@@ -112,6 +112,25 @@ def test_idle_tcp_client_is_shut_down_but_not_the_sidechannel(monkeypatch) -> No
         s.close()
 
 
+def test_heard_within_counts_unread_data() -> None:
+    """A request that arrived long ago but was not read yet (its reader short of
+    CPU) keeps a client from being taken for idle at a graceful stop."""
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        peer = socket.create_connection(lsock.getsockname())
+        sock, _ = lsock.accept()
+    sock.setblocking(False)
+    with peer, sock:
+        assert expiry.heard_within(sock, 10_000)  # established just now
+        assert not expiry.heard_within(sock, 0)  # nothing sent
+        peer.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while not expiry.heard_within(sock, 0):  # once it has arrived: unread, whatever its age
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert sock.recv(100) == b"GET / HTTP/1.0\r\n\r\n"
+        assert not expiry.heard_within(sock, 0)  # read: nothing waits
+
+
 # -- arbiter ---------------------------------------------------------------------
 @pytest.fixture
 def arb(monkeypatch):
