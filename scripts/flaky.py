@@ -33,13 +33,13 @@ import time
 from pathlib import Path
 
 # pytest -rfE summary lines: "FAILED tests/x.py::t[p] - AssertionError: ..." (ERROR for fixtures)
-_OUTCOME = re.compile(r"^(FAILED|ERROR) (.+?)(?: - .*)?$", re.M)
+_OUTCOME = re.compile(r"^(FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
 
 
 def collect(args: list[str]) -> list[str]:
     """The node ids pytest selects for ``args`` (files, node ids, -k ...)."""
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args],
-                         capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
     ids = [line for line in out.stdout.splitlines() if "::" in line and not line.startswith(" ")]
     if not ids:
         sys.exit(f"flaky.py: no tests collected for {args}:\n{out.stdout}{out.stderr}")
