@@ -84,6 +84,16 @@ def stray_temps(root: Path) -> list[Path]:
     return [p for p in root.rglob("*.tmp") if not usage_being_replaced(p)]
 
 
+def quit_blocked(pid: int) -> bool:
+    """SIGQUIT is in the main thread's blocked mask: the node's own start-up code
+    runs (it holds the lifecycle signals first thing).  Before that the
+    interpreter is still starting, and a SIGQUIT kills it (the default action)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGQUIT - 1)))
+    return False
+
+
 def children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return sorted(int(p) for p in out.split())
