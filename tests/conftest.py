@@ -68,6 +68,33 @@ def alive(pid: int) -> bool:
     return True
 
 
+# A named temp file of mogstored.store.atomic: <name>.<8 hex digits>.<writer pid>.tmp
+_TEMP_NAME = re.compile(r"(.+)\.[0-9a-f]{8}\.([0-9]+)\.tmp")
+
+
+def usage_being_replaced(p: Path) -> bool:
+    """A live node's usage pass is replacing ``p``'s usage file right now: it
+    links the new file under a temp name and renames that over ``usage``, so a
+    directory listing may catch the temp name at any time."""
+    m = _TEMP_NAME.fullmatch(p.name)
+    return m is not None and m.group(1) == "usage" and alive(int(m.group(2)))
+
+
+def stray_temps(root: Path) -> list[Path]:
+    """Temp files below ``root``, but for usage files a live node is replacing."""
+    return [p for p in root.rglob("*.tmp") if not usage_being_replaced(p)]
+
+
+def quit_blocked(pid: int) -> bool:
+    """SIGQUIT is in the main thread's blocked mask: the node's own start-up code
+    runs (it holds the lifecycle signals first thing).  Before that the
+    interpreter is still starting, and a SIGQUIT kills it (the default action)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGQUIT - 1)))
+    return False
+
+
 def children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return sorted(int(p) for p in out.split())

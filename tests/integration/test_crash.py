@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, Daemon, children, http_get, mounted, wait_for
+from conftest import HOST, Daemon, children, http_get, mounted, stray_temps, usage_being_replaced, wait_for
 
 CLIENTS = 50
-PUTS_PER_CLIENT = 6  # the kill comes at 40 201s: the rest keep PUTs in flight on a slow machine too
+PUTS_PER_CLIENT = 6
+HELD = 10  # more clients, each holding back the second half of one PUT's body until after the kill
 BODY = 64 << 10
 PIECE = 8 << 10
 NO_TMPFILE = {"MOG_NO_TMPFILE": "1"}  # the named-temp-file fallback
@@ -28,8 +29,23 @@ def is_temp(p: Path) -> bool:
     return p.name.endswith(".tmp")
 
 
+def unnamed_dirs(pid: int) -> set[str]:
+    """Directories in which ``pid`` holds an unnamed (O_TMPFILE) file open:
+    /proc shows such an fd as ``<dir>/#<inode> (deleted)``."""
+    dirs = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.endswith(" (deleted)") and "/#" in link:
+            dirs.add(link.rpartition("/#")[0])
+    return dirs
+
+
 class Load:
-    """50 clients each sending PUTs piecemeal, so a kill finds many mid-body."""
+    """50 clients each sending PUTs piecemeal, and HELD clients whose PUT stops
+    mid-body until :meth:`release`: a kill before that finds them in flight."""
 
     def __init__(self, port: int, dev: str, tag: str, old: dict[str, bytes]) -> None:
         self.port = port
@@ -37,6 +53,9 @@ class Load:
         self.created: set[str] = set()
         self.broken = 0  # clients whose PUT the kill cut off
         self._lock = threading.Lock()
+        self._gate = threading.Event()
+        # each in its own new directory, so an unnamed file open there is its own
+        self.held = [f"{dev}/0/h{c:02d}/{tag}held.fid" for c in range(HELD)]
         olds = sorted(old)
         self.plan: list[list[str]] = []
         for c in range(CLIENTS):
@@ -48,22 +67,40 @@ class Load:
                 paths.append(rel)
                 self.bodies.setdefault(rel, b"")
             self.plan.append(paths)
-        for paths in self.plan:
-            for rel in paths:
-                if not self.bodies[rel]:
-                    self.bodies[rel] = os.urandom(BODY)
+        for rel in [rel for paths in self.plan for rel in paths] + self.held:
+            if not self.bodies.get(rel):
+                self.bodies[rel] = os.urandom(BODY)
         self.threads = [threading.Thread(target=self._client, args=(p,)) for p in self.plan]
+        self.threads += [threading.Thread(target=self._client, args=([rel], True)) for rel in self.held]
 
     def start(self) -> None:
         for t in self.threads:
             t.start()
 
+    def release(self) -> None:
+        """The held clients send the rest of their bodies."""
+        self._gate.set()
+
     def join(self) -> None:
+        self.release()
         for t in self.threads:
             t.join(30)
             assert not t.is_alive()
 
-    def _client(self, paths: list[str]) -> None:
+    def in_flight(self, docroot: Path, pids: list[int]) -> dict[int, set[str]]:
+        """Per node process, the held PUTs whose new file it has created: a
+        named temp file next to the target (its pid is in the name), or an
+        unnamed one open in the target's directory."""
+        seen: dict[int, set[str]] = {pid: set() for pid in pids}
+        dirs = {pid: unnamed_dirs(pid) for pid in pids}
+        for rel in self.held:
+            target = docroot / rel
+            for pid in pids:
+                if str(target.parent) in dirs[pid] or any(target.parent.glob(f"{target.name}.*.{pid}.tmp")):
+                    seen[pid].add(rel)
+        return seen
+
+    def _client(self, paths: list[str], hold: bool = False) -> None:
         rnd = random.Random()
         for rel in paths:
             body = self.bodies[rel]
@@ -71,6 +108,8 @@ class Load:
                 with socket.create_connection((HOST, self.port), timeout=20) as s:
                     s.sendall(b"PUT /%s HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % (rel.encode(), len(body)))
                     for off in range(0, len(body), PIECE):
+                        if hold and off == len(body) // 2:
+                            self._gate.wait(60)
                         s.sendall(body[off:off + PIECE])
                         time.sleep(rnd.random() * 0.004)
                     head = s.recv(4096)
@@ -84,9 +123,10 @@ class Load:
 
 
 def files(docroot: Path) -> dict[str, bytes]:
-    """Every regular file below the devices but the usage files."""
+    """Every regular file below the devices but the usage files (and the
+    temp name of one a live node is replacing)."""
     return {str(p.relative_to(docroot)): p.read_bytes() for p in docroot.rglob("*")
-            if p.is_file() and p.name != "usage"}
+            if p.is_file() and p.name != "usage" and not usage_being_replaced(p)}
 
 
 def seed(docroot: Path, dev: str) -> dict[str, bytes]:
@@ -124,11 +164,15 @@ def check_replacement_links(docroot: Path, temps: list[Path], old: dict[str, byt
     for the next start's sweep."""
     for p in temps:
         target = str(p.relative_to(docroot)).rsplit(".", 3)[0]
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            continue  # a live worker's sweep removed it since the listing
         if target.endswith("/usage"):  # the usage file is replaced the same way
-            assert p.read_bytes().startswith(b"available: "), f"{p}: not a complete usage file"
+            assert data.startswith(b"available: "), f"{p}: not a complete usage file"
             continue
         assert target in old, f"{p}: a temp name for a new file"
-        assert p.read_bytes() == load.bodies[target], f"{p}: not the complete new body"
+        assert data == load.bodies[target], f"{p}: not the complete new body"
 
 
 def crash_rounds(tmp_path: Path, dev: str, env: dict[str, str], rounds: int, leaves_temps: bool) -> None:
@@ -138,26 +182,31 @@ def crash_rounds(tmp_path: Path, dev: str, env: dict[str, str], rounds: int, lea
         d = Daemon(tmp_path, env=env)
         try:
             if r:  # whatever the previous crash left has been swept at start-up
-                wait_for(lambda: not [p for p in d.docroot.rglob("*") if is_temp(p)], what="temp files swept")
+                wait_for(lambda: not stray_temps(d.docroot), what="temp files swept")
                 check_docroot(d.docroot, old, loads)
             load = Load(d.http_port, dev, f"r{r}-", old)
             loads.append(load)
             load.start()
-            wait_for(lambda: len(load.created) >= 40, timeout=30, what="40 PUTs created")
-            d.proc.send_signal(signal.SIGKILL)
-            d.proc.wait()
-            load.join()
-            assert load.broken, "the kill came after every PUT"
+            try:
+                wait_for(lambda: len(load.created) >= 40, timeout=30, what="40 PUTs created")
+                wait_for(lambda: len(load.in_flight(d.docroot, [d.pid])[d.pid]) == HELD, timeout=30,
+                         what=f"the {HELD} held PUTs' files created")
+                d.proc.send_signal(signal.SIGKILL)
+                d.proc.wait()
+            finally:
+                load.join()
+            assert load.broken >= HELD, "the kill cut off fewer PUTs than were held in flight"
         finally:
             d.kill()
         temps = [p for p in d.docroot.rglob("*") if is_temp(p)]
         if leaves_temps:
-            assert temps, "the fallback left no temp file: the kill missed every PUT in flight"
+            held = [rel for rel in load.held if any(p.name.startswith(Path(rel).name + ".") for p in temps)]
+            assert held == load.held, "a PUT in flight at the kill left no temp file"
         else:
             check_replacement_links(d.docroot, temps, old, load)
     d = Daemon(tmp_path, env=env)
     try:
-        wait_for(lambda: not [p for p in d.docroot.rglob("*") if is_temp(p)], what="temp files swept")
+        wait_for(lambda: not stray_temps(d.docroot), what="temp files swept")
         check_docroot(d.docroot, old, loads)
         some = sorted(loads[-1].created)[0]
         assert http_get(d, "/" + some) == (200, loads[-1].bodies[some])
@@ -189,14 +238,20 @@ def test_kill_9_of_a_worker_during_50_puts(tmp_path: Path, fstype: str) -> None:
                 load = Load(d.http_port, "dev1", f"w{r}-", old)
                 loads.append(load)
                 load.start()
-                wait_for(lambda: len(load.created) >= 40, timeout=30, what="40 PUTs created")
-                os.kill(workers[0], signal.SIGKILL)
-                load.join()
-                assert load.broken, "the kill cut off no PUT"
-                wait_for(lambda: workers[0] not in children(d.pid), what="the dead worker reaped")
-                check_replacement_links(d.docroot, [p for p in d.docroot.rglob("*") if is_temp(p)], old, load)
+                try:
+                    wait_for(lambda: len(load.created) >= 40, timeout=30, what="40 PUTs created")
+                    seen = wait_for(lambda: (s := load.in_flight(d.docroot, workers))
+                                    and sum(map(len, s.values())) == HELD and s,
+                                    timeout=30, what=f"the {HELD} held PUTs' files created")
+                    victim = max(workers, key=lambda w: len(seen[w]))
+                    os.kill(victim, signal.SIGKILL)
+                finally:
+                    load.join()
+                assert load.broken >= len(seen[victim]) > 0, "the kill cut off fewer PUTs than the worker held"
+                wait_for(lambda: victim not in children(d.pid), what="the dead worker reaped")
+                check_replacement_links(d.docroot, stray_temps(d.docroot), old, load)
                 # the respawned worker sweeps what the dead one left
-                wait_for(lambda: not [p for p in d.docroot.rglob("*") if is_temp(p)], what="temp files swept")
+                wait_for(lambda: not stray_temps(d.docroot), what="temp files swept")
                 check_docroot(d.docroot, old, loads)
             assert d.stderr().count("died with status=") == 2
         finally:
@@ -231,7 +286,8 @@ def test_sweep_removes_only_our_dead_old_temp_files(tmp_path: Path) -> None:
     try:
         wait_for(lambda: not any(p.exists() for p in strays), what="strays removed")
         young.write_bytes(b"y")
-        assert "dev1: removed 2 temp file(s) left by a crash" in d.stderr()
+        # logged once the sweep is done, an instant after the last unlink
+        wait_for(lambda: "dev1: removed 2 temp file(s) left by a crash" in d.stderr(), what="the sweep's log line")
         # a device appearing at run time is swept in its turn
         (docroot / "dev3").mkdir()
         late = docroot / "dev3" / f"8.fid.fedcba98.{dead}.tmp"

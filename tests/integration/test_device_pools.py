@@ -235,22 +235,25 @@ def test_usage_served_from_memory_when_file_is_frozen(tmp_path: Path) -> None:
 
 def test_put_and_delete_show_in_usage_before_the_next_pass(tmp_path: Path) -> None:
     """The read after a PUT or DELETE queues a refresh: usage follows within a
-    read or two, not at the next pass (an hour away here)."""
-    d = Daemon(tmp_path, devices=(1,), env={"MOG_DISK_USAGE_INTERVAL": "3600"})
+    read or two, not at the next pass (an hour away here).  dev1 is a tmpfs of
+    its own: on the shared root filesystem other processes' writes and deletes
+    move ``used`` by as much as the PUT does."""
+    with mounted(tmp_path / "docroot" / "dev1", "tmpfs", tmp_path, 128):
+        d = Daemon(tmp_path, devices=(1,), env={"MOG_DISK_USAGE_INTERVAL": "3600"})
 
-    def used() -> int:
-        return _field(requests.get(d.url("/dev1/usage"), timeout=10).text, "used")
+        def used() -> int:
+            return _field(requests.get(d.url("/dev1/usage"), timeout=10).text, "used")
 
-    try:
-        settle(d)
-        before = used()
-        assert requests.put(d.url("/dev1/big"), data=b"\0" * (64 << 20), timeout=30).status_code == 201
-        wait_for(lambda: used() - before >= 32768, 5, "the PUT to show in usage")  # KiB
-        grown = used()
-        assert requests.delete(d.url("/dev1/big"), timeout=10).status_code == 204
-        wait_for(lambda: grown - used() >= 32768, 5, "the DELETE to show in usage")
-    finally:
-        d.kill()
+        try:
+            settle(d)
+            before = used()
+            assert requests.put(d.url("/dev1/big"), data=b"\0" * (64 << 20), timeout=30).status_code == 201
+            wait_for(lambda: used() - before >= 32768, 5, "the PUT to show in usage")  # KiB
+            grown = used()
+            assert requests.delete(d.url("/dev1/big"), timeout=10).status_code == 204
+            wait_for(lambda: grown - used() >= 32768, 5, "the DELETE to show in usage")
+        finally:
+            d.kill()
 
 
 def _field(text: str, key: str):

@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import HOST, QUIET_IOSTAT as IOSTAT, HttpConn, free_port, wait_port
+from conftest import HOST, QUIET_IOSTAT as IOSTAT, HttpConn, free_port, wait_for, wait_port
+
+from mogstored.process.server import acceptor_threads
 
 REQUEST = b"GET /dev1/usage HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -95,17 +97,22 @@ def test_file_open_expires_idle_clients_and_retries(tmp_path: Path) -> None:
         # Fresh clients take the remaining descriptors one by one; each GETs a
         # file at once, so the open() that finds none left comes before any
         # accept would (an accept4 failure would expire the idle ones itself).
+        acceptors = acceptor_threads("http", 0) + acceptor_threads("mgmt", 0)
+        f = str(tmp_path / "dev1" / "f")
         while not _closed(idle[0]):
             assert len(fresh) < 20
+            # The previous GET's file is closed (just after its body went out).
+            wait_for(lambda: f not in fd_targets(proc.pid), what="the file closed")
             c = HttpConn(socket.create_connection((HOST, http), timeout=10))
             fresh.append(c)
-            # A blocking accept4 reserves a descriptor while it waits: let the
-            # acceptor get back into it before the GET's open (on the event
-            # thread for a cached file) competes for the last one.
-            time.sleep(0.05)
+            # A blocking accept4 reserves a descriptor while it waits: the
+            # acceptor must be back in it, after taking this connection, before
+            # the GET's open (on the event thread for a cached file) competes
+            # for the last one.
+            wait_for(lambda: server_side(c, http) in fd_targets(proc.pid) and in_accept4(proc.pid) == acceptors,
+                     what="the connection taken and every acceptor back in accept4")
             r = c.request(b"GET /dev1/f HTTP/1.1\r\n\r\n")
             assert (r.status, r.body) == (200, b"payload")
-            time.sleep(0.05)  # the server closes the file just after the body is out
         for c in idle:
             assert c.at_eof(5)
     finally:
@@ -114,9 +121,44 @@ def test_file_open_expires_idle_clients_and_retries(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGQUIT)
         err = proc.communicate(timeout=20)[1].decode()
     assert proc.returncode == 0
-    assert "open() failed with: Too many open files" in err
-    assert "accept4() failed" not in err
-    assert re.search(r"expired 4 idle connections", err)
+    # The open()'s starvation expired the idle clients: not an accept4's (one
+    # while the start-up pass still held descriptors expires nobody, 5 s early).
+    lines = err.splitlines()
+    starved = [i for i, line in enumerate(lines) if line.endswith("open() failed with: Too many open files")]
+    assert starved and lines[starved[0] + 1].endswith("expired 4 idle connections (>5 sec)"), err
+    assert not re.search(r"expired [1-9]", "\n".join(lines[:starved[0]])), err
+
+
+def in_accept4(pid: int) -> int:
+    """Threads of ``pid`` asleep in accept4: each holds a descriptor reserved
+    for the connection it waits for (the kernel takes it before sleeping)."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            n += Path(f"/proc/{pid}/task/{tid}/wchan").read_text() == "inet_csk_accept"
+        except OSError:
+            pass  # exited meanwhile
+    return n
+
+
+def fd_targets(pid: int) -> list[str]:
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    return targets
+
+
+def server_side(c: HttpConn, port: int) -> str:
+    """``socket:[inode]`` of the node's end of ``c`` (from /proc/net/tcp), once it exists."""
+    local = f"{c.sock.getsockname()[1]:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1].endswith(f":{port:04X}") and f[2].endswith(f":{local}"):
+            return f"socket:[{f[9]}]"
+    return "socket:[none]"
 
 
 def _closed(c: HttpConn) -> bool:

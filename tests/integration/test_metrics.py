@@ -155,7 +155,8 @@ def test_worker_processes_report_node_totals(tmp_path: Path) -> None:
             s = scrape(port)
             ok = value(s, "mogstored_http_requests_total", method="PUT", status="201") == 6 and \
                 value(s, "mogstored_mgmt_commands_total", command="size") == 2 and \
-                value(s, "mogstored_http_requests_total", method="GET", status="200") == 10
+                value(s, "mogstored_http_requests_total", method="GET", status="200") == 10 and \
+                value(s, "mogstored_io_threads", device="dev1") == 20  # a worker that got no traffic too
             return s if ok else None
 
         wait_for(settled, timeout=10, what="every worker's snapshot")  # published once a second

@@ -12,7 +12,8 @@ from typing import Iterator
 
 import pytest
 
-from conftest import HOST, QUIET_IOSTAT as IOSTAT, Daemon, alive, children, read_all, read_until, wait_for
+from conftest import (HOST, QUIET_IOSTAT as IOSTAT, Daemon, alive, children, quit_blocked, read_all, read_until,
+                      wait_for)
 
 def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -107,14 +108,6 @@ def test_orphaned_workers_exit(master: tuple[Daemon, list[int]]) -> None:
     for w in workers:
         wait_for(lambda: not alive(w), 5, f"orphan {w} to exit")
     assert f"parent={d.pid} abandoned us, dying" in d.stderr()
-
-
-def quit_blocked(pid: int) -> bool:
-    """SIGQUIT is in the main thread's blocked mask: our start-up code runs."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigBlk:"):
-            return bool(int(line.split()[1], 16) & (1 << (signal.SIGQUIT - 1)))
-    return False
 
 
 @pytest.mark.parametrize("pinned", [False, True], ids=["affinity", "taskset-c0"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import HOST, QUIET_IOSTAT, Daemon, alive, free_port, read_until, wait_for, wait_port
+from conftest import HOST, QUIET_IOSTAT, Daemon, alive, free_port, quit_blocked, read_until, wait_for, wait_port
 
 PROG = [sys.executable, "-m", "mogstored"]
 
@@ -153,7 +153,11 @@ def test_signal_during_start_up_takes_effect(tmp_path: Path) -> None:
                              f"--mgmtlisten={HOST}:{free_port()}"], stderr=subprocess.DEVNULL,
                             env=dict(os.environ, **QUIET_IOSTAT))
     try:
-        time.sleep(0.15)  # the interpreter is still importing
+        # Once the node holds the signal (its first statement), while it is still importing:
+        # a tight loop, since start-up lasts only tens of ms on an idle machine.
+        deadline = time.monotonic() + 10
+        while not quit_blocked(proc.pid):
+            assert time.monotonic() < deadline, "start-up never began"
         proc.send_signal(signal.SIGQUIT)
         assert proc.wait(15) == 0
     finally:
