@@ -158,10 +158,17 @@ class ServiceContext:
         self.has_usage = service.mgmtlisten is not None  # §2.3.3: no sidechannel, no usage
         self.durable = service.durable
         self.mountcheck = service.mountcheck
+        self.options = service  # its ``trusted`` is read at each accept (a reload may replace it)
         self._docroot_dev = os.stat(self.docroot.fd).st_dev
         self._logged_unmounted: set[int] = set()
         self.devices: dict[int, Device] = {}
         self._mounts: dict[int, devices.Mount] = {}
+
+    def trusts(self, host: str) -> bool:
+        """May the peer at ``host`` change data and command the node?  Asked once per
+        connection, when it is accepted."""
+        trusted = self.options.trusted
+        return trusted is None or trusted.admits(host)
 
     # -- discovery (main thread) -------------------------------------------
     def scan(self) -> None:

@@ -31,6 +31,7 @@ from mogstored.config.options import (
     Service,
     StartupError,
 )
+from mogstored.trust import Trusted, parse_trusted
 
 __all__ = [
     "EarlyExit", "Listen", "Options", "Service", "StartupError", "UsageError",
@@ -65,6 +66,8 @@ Usage: {PROGRAM} [OPTION...]
       --pidfile=<path>       path to PID file
       --stallseconds=<n>     A device whose disk call runs longer is stalled.
                              Defaults to 10
+      --trusted=<cidr>[,<cidr>...]   Only these peers may PUT, DELETE, MKCOL
+                             and use the sidechannel.  Default: everyone
   -?, --help                 give this help list
       --usage                give a short usage message
   -V, --version              print program version
@@ -74,8 +77,8 @@ USAGE_TEXT = f"""\
 Usage: {PROGRAM} [-d?V] [--config=<file>] [--daemonize] [--docroot=<path>]
             [--durable] [--httplisten=<ip:port>] [--maxconns=<number>]
             [--metricslisten=<ip:port>] [--mgmtlisten=<ip:port>] [--mountcheck]
-            [--pidfile=<path>] [--stallseconds=<n>] [--help] [--usage]
-            [--version]
+            [--pidfile=<path>] [--stallseconds=<n>]
+            [--trusted=<cidr>[,<cidr>...]] [--help] [--usage] [--version]
 """
 
 TRY_TEXT = f"Try '{PROGRAM} --help' or '{PROGRAM} --usage' for more information.\n"
@@ -95,6 +98,7 @@ LONG_OPTIONS: dict[str, bool] = {
     "mountcheck": False,
     "pidfile": True,
     "stallseconds": True,
+    "trusted": True,
     "server": True,
     "multi": False,
     "worker-processes": True,
@@ -137,6 +141,7 @@ class _CommandLine:
     stallseconds: int | None = None
     durable: bool = False
     mountcheck: bool = False
+    trusted: Trusted | None = None
 
 
 def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Options:
@@ -285,6 +290,11 @@ def _apply(cmd: _CommandLine, option: str, value: str | None, seen_configs: set[
         cmd.stallseconds = _parse_number("stallseconds", value or "", UINT_MAX)
         if cmd.stallseconds == 0:
             raise StartupError("--stallseconds must be at least 1")
+    elif option == "trusted":
+        try:
+            cmd.trusted = parse_trusted(value or "")
+        except ValueError as e:
+            raise StartupError(f"failed to parse trusted={value}: {e}") from None
     elif option == "worker-processes":
         cmd.worker_processes = _parse_number("worker-processes", value or "", UINT_MAX)
     elif option == "server":
@@ -329,7 +339,7 @@ def _check_multi(cmd: _CommandLine) -> None:
 
 def _multi_services(cmd: _CommandLine, configs: list[ConfigFile]) -> list[Service]:
     """Each config file is an independent service; docroots must differ.
-    ``--durable``/``--mountcheck`` apply to all of them."""
+    ``--durable``/``--mountcheck`` apply to all of them, ``--trusted`` replaces each one's."""
     services: list[Service] = []
     for c in configs:
         assert c.docroot is not None
@@ -337,7 +347,8 @@ def _multi_services(cmd: _CommandLine, configs: list[ConfigFile]) -> list[Servic
         if any(s.docroot == docroot for s in services):
             raise StartupError(f"failed to load svc from docroot={c.docroot}")
         services.append(Service(docroot, c.httplisten, c.mgmtlisten, c.httpgetlisten,
-                                cmd.durable or c.durable, cmd.mountcheck or c.mountcheck))
+                                cmd.durable or c.durable, cmd.mountcheck or c.mountcheck,
+                                cmd.trusted or c.trusted))
     return services
 
 
@@ -355,7 +366,7 @@ def _single_service(cmd: _CommandLine, cfg: ConfigFile | None) -> Service:
     if not (http or mgmt or httpget):
         http, mgmt = DEFAULT_HTTPLISTEN, DEFAULT_MGMTLISTEN
     return Service(_resolve(docroot), http, mgmt, httpget,
-                   cmd.durable or cfg.durable, cmd.mountcheck or cfg.mountcheck)
+                   cmd.durable or cfg.durable, cmd.mountcheck or cfg.mountcheck, cmd.trusted or cfg.trusted)
 
 
 def _check_pidfiles(values: list[str | None]) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from mogstored.config.options import Listen, StartupError
+from mogstored.trust import Trusted, parse_trusted
 
 Warn = Callable[[str], None]
 
@@ -67,6 +68,7 @@ class ConfigFile:
     stallseconds: int | None = None
     durable: bool = False
     mountcheck: bool = False
+    trusted: Trusted | None = None
 
     @property
     def has_listener(self) -> bool:
@@ -141,6 +143,10 @@ def _yaml_entries(path: str, text: str) -> list[tuple[str, str | None]]:
         raise _parser_error(path)
     entries: list[tuple[str, str | None]] = []
     for key, value in data.items():
+        if key == "trusted" and isinstance(value, list) and value:  # a list of networks, or "a, b"
+            if not all(isinstance(v, str) for v in value):
+                raise _parser_error(path, f"failed to parse trusted={value}: entries must be strings")
+            value = ",".join(value)
         if isinstance(value, (dict, list)):
             raise _parser_error(path)
         if isinstance(value, bool):
@@ -154,7 +160,7 @@ _BOOLEAN_KEYS = ("daemonize", "iostat", "durable", "mountcheck")
 _IGNORED_KEYS = ("config", "s")  # Perl accepts them; meaningless inside a config file
 _KNOWN_KEYS = frozenset(
     {*_LISTEN_KEYS, *_BOOLEAN_KEYS, *_IGNORED_KEYS, "docroot", "pidfile", "maxconns", "server", "serverbin",
-     "stallseconds"}
+     "stallseconds", "trusted"}
 )
 
 
@@ -170,6 +176,12 @@ def _apply(cfg: ConfigFile, key: str, value: str | None, warn: Warn) -> None:
         setattr(cfg, key, value is None or value not in ("", "0"))
         return
     if key in _IGNORED_KEYS:
+        return
+    if key == "trusted":  # never ignored when empty: that would trust everyone
+        try:
+            cfg.trusted = parse_trusted(value or "")
+        except ValueError as e:
+            raise _parser_error(cfg.path, f"failed to parse trusted={value or ''}: {e}") from None
         return
     if not value:
         warn(f"W: `{key}' without a value in config={cfg.path} ignored")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 
-from mogstored import counters
+from mogstored import counters, trust
 from mogstored.event.step import Next, Pool, State
 from mogstored.http.dav import DeleteTransfer
 from mogstored.http.get import GetTransfer
@@ -66,6 +66,7 @@ class HttpConnection:
         "state",
         "svc",
         "transfer",
+        "trusted",
     )
 
     def __init__(self, sock: socket.socket, svc: ServiceContext, get_only: bool) -> None:
@@ -88,7 +89,8 @@ class HttpConnection:
             host, port = sock.getpeername()[:2]
             self.peer = f"{host}:{port}"
         except OSError:
-            self.peer = "?:0"
+            host, self.peer = "", "?:0"
+        self.trusted = svc.trusts(host)  # may it PUT, DELETE, MKCOL (--trusted)
 
     @property
     def listener(self) -> str:
@@ -158,6 +160,9 @@ class HttpConnection:
         self.keepalive = keep = req.keepalive
         method, path = req.method, req.path
         reading = method == "GET" or method == "HEAD"
+        if not reading and not self.trusted:  # before anything is touched
+            trust.refused(self.peer.rpartition(":")[0], self.listener, method)
+            return self.fail(403)
         if not reading and self.get_only:
             return self.fail(405) if method == "PUT" else self.answer(error_head(405, keep))
         if reading and path == "/":

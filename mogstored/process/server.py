@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from mogstored import log
+from mogstored import log, trust
 from mogstored.config.options import DEFAULT_STALL_SECONDS, Service
 from mogstored.event.acceptor import Acceptor, Board
 from mogstored.event.core import EventQueue
@@ -61,6 +61,20 @@ def acceptor_threads(kind: str, worker_processes: int) -> int:
     if kind in ("mgmt", "metrics"):
         return 1
     return max(1, (os.cpu_count() or 1) // max(1, worker_processes))
+
+
+def sidechannel_client(sock: socket.socket, ctx: ServiceContext) -> MgmtConnection | None:
+    """A sidechannel client; an untrusted peer's connection is closed at once, unread and
+    unanswered (trackers and mogadm run on trusted hosts)."""
+    try:
+        host = sock.getpeername()[0]
+    except OSError:
+        host = ""
+    if ctx.trusts(host):
+        return MgmtConnection(sock, ctx)
+    trust.refused(host, "mgmt", "sidechannel connection")
+    sock.close()
+    return None
 
 
 class Ask(enum.Enum):
@@ -159,7 +173,7 @@ class Server:
 
     def start(self) -> None:
         for lst in self.listeners:
-            make: Callable[[socket.socket], Client]
+            make: Callable[[socket.socket], Client | None]
             if lst.kind == "metrics":
                 from mogstored.metrics.connection import (
                     MetricsConnection,  # prometheus_client only when asked for
@@ -168,7 +182,7 @@ class Server:
                 make = lambda sock: MetricsConnection(sock, self.metrics, self)  # type: ignore[misc]
             elif lst.kind == "mgmt":
                 ctx = self.services[id(lst.service)]
-                make = lambda sock, ctx=ctx: MgmtConnection(sock, ctx)  # type: ignore[misc]
+                make = lambda sock, ctx=ctx: sidechannel_client(sock, ctx)  # type: ignore[misc]
             else:
                 ctx = self.services[id(lst.service)]
                 make = lambda sock, ctx=ctx, get_only=(lst.kind == "httpget"): HttpConnection(  # type: ignore[misc]
