@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz both parsers: generated and mutated inputs in-process (the properties of
 tests/parsecheck.py), then against a live daemon over loopback sockets (random
 splits and pauses, pipelined requests, half-closes and resets), checking that every
