@@ -13,6 +13,7 @@ from mogstored import log
 from mogstored.config import listeners
 from mogstored.config.cli import EarlyExit, UsageError, load_options
 from mogstored.config.options import Options, StartupError
+from mogstored.libc import limit_malloc_arenas
 from mogstored.process.arbiter import Arbiter, first_usage_pass
 from mogstored.process.daemon import Pidfile, daemonize, raise_nofile
 from mogstored.process.server import Listener, serve
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("".join(f"{argv0}: {line}\n" for line in str(e).splitlines()))
         return 1
     log.open_syslog()
+    limit_malloc_arenas()  # before any thread starts (workers inherit it)
     raise_nofile(opts.maxconns)
     try:
         bound = open_listeners(opts)
