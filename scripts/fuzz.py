@@ -218,7 +218,7 @@ def run_in_process(n: int, seed: int, findings: Findings) -> None:
         print(f"  {key}: {count}")
 
 
-def run_atheris(runs: int) -> None:
+def run_atheris(runs: int, seed: int, work: Path) -> None:
     """Coverage-guided (libFuzzer through atheris): the same checks, inputs from its corpus."""
     import atheris
 
@@ -228,7 +228,18 @@ def run_atheris(runs: int) -> None:
         data = fdp.ConsumeBytes(fdp.remaining_bytes())
         check_one(data, cuts, b"", len(data) < 200, collections.Counter())
 
-    atheris.Setup([sys.argv[0], f"-runs={runs}", "-max_len=600"], one_input)
+    # Seeds from the generator and the grammar's tokens as a dictionary: libFuzzer
+    # starts from valid requests instead of growing them from single bytes.
+    (work / "corpus").mkdir(parents=True, exist_ok=True)
+    gen = Gen(random.Random(seed))
+    for i in range(300):
+        (work / "corpus" / str(i)).write_bytes(b"\0" + gen.any()[:599])  # no cuts
+    tokens = {*pc.METHODS, *pc.HEADER_NAMES, *pc.SEPARATORS, *pc.VERSIONS, *pc.NEAR_EOLS, *pc.MGMT_LINES,
+              b"chunked", b"close", b"keep-alive", b"bytes=", b"http://", b"\r\n"}
+    (work / "dict").write_text("".join('"' + "".join("\\x%02x" % b for b in t) + '"\n' for t in tokens if t))
+    print(f"atheris: corpus (grown as it runs) and dictionary in {work}", flush=True)
+    atheris.Setup([sys.argv[0], f"-runs={runs}", "-max_len=600", f"-dict={work / 'dict'}",
+                   str(work / "corpus")], one_input)
     atheris.Fuzz()
 
 
@@ -489,7 +500,7 @@ def main() -> int:
         with atheris.instrument_imports(include=["mogstored"]):
             import parsecheck
         pc = parsecheck
-        run_atheris(opts.atheris)  # libFuzzer exits the process when done
+        run_atheris(opts.atheris, opts.seed, opts.findings / "atheris")  # libFuzzer exits the process when done
     import parsecheck
 
     pc = parsecheck
