@@ -291,12 +291,31 @@ class Node:
                 got += chunk
             return got == want
 
+    def pids(self) -> list[int]:
+        """The daemon and its children (worker processes, the iostat child)."""
+        pid = self.proc.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid, *map(int, f.read().split())]
+
+    def _each(self, measure: Callable[[int], int]) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                total += measure(pid)
+            except FileNotFoundError:  # a child that just exited
+                pass
+        return total
+
     def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        """Descriptors of the daemon and its children."""
+        return self._each(lambda pid: len(os.listdir(f"/proc/{pid}/fd")))
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+        """Resident memory of the daemon and its children."""
+        def rss(pid: int) -> int:
+            with open(f"/proc/{pid}/status") as f:
+                return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+        return self._each(rss)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
