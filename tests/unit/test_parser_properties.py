@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from parsecheck import (
     CHUNK_EXTENSIONS,
@@ -42,8 +42,8 @@ from parsecheck import (
 )
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=_QUIET)
-settings.register_profile("long", max_examples=15000, deadline=None, suppress_health_check=_QUIET)
+settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=_QUIET)
+settings.register_profile("long", max_examples=10000, deadline=None, suppress_health_check=_QUIET)
 PROFILE = settings.get_profile(os.environ.get("MOGSTORED_HYPOTHESIS", "ci"))
 
 CUTS = st.lists(st.integers(0, 600), max_size=10)
@@ -157,6 +157,8 @@ def test_valid_heads_parse_as_h11_parses_them(data: bytes) -> None:
 
 @PROFILE
 @given(HEAD_INPUTS)
+@example(b"GET / HTTP/1.1\r\nHost: x\r\nHost: !\r\n\r\n")  # h11 refuses two Hosts, we take them
+@example(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n")
 def test_heads_both_accept_agree_with_h11(data: bytes) -> None:
     check_h11(data)
 
@@ -169,6 +171,7 @@ def test_chunked_split_anywhere_gives_the_whole_result(data: bytes, cuts: list[i
 
 @PROFILE
 @given(CHUNKED_INPUTS)
+@example(b"0\r\nContent-MD5: q1a02StAcTrMWviZhdS3hg==\r\n\r\n")  # a value judged, then checked whole
 def test_chunked_work_is_linear_in_bytes_fed(data: bytes) -> None:
     check_chunked_linear(data)
 
