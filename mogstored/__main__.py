@@ -13,7 +13,7 @@ from mogstored import log
 from mogstored.config import listeners
 from mogstored.config.cli import EarlyExit, UsageError, load_options
 from mogstored.config.options import StartupError
-from mogstored.libc import machine_note
+from mogstored.libc import limit_malloc_arenas, machine_note
 from mogstored.process.arbiter import Arbiter, first_usage_pass
 from mogstored.process.daemon import Pidfile, daemonize, raise_nofile
 from mogstored.process.listening import open_listeners
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("configuration ok\n")
         return 0
     log.open_syslog()
+    limit_malloc_arenas()  # before any thread starts (workers inherit it)
     if (note := machine_note()) is not None:
         log.error(note)
     raise_nofile(opts.maxconns)

@@ -30,6 +30,8 @@ requests = [[0] * STATUS_LIMIT for _ in METHODS]  # [method][status]
 buckets = [[0] * (len(BUCKETS) + 1) for _ in METHODS]  # not cumulative; the last is +Inf
 seconds = [0.0] * len(METHODS)
 mgmt_commands = [0] * len(MGMT_COMMANDS)
+REFUSED_LISTENERS = ("http", "httpget", "mgmt")
+refused = dict.fromkeys(REFUSED_LISTENERS, 0)  # untrusted peers refused, by listener (trust.py counts)
 
 
 def http_request(method: str, status: int, started: float) -> None:

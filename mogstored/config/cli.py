@@ -32,6 +32,7 @@ from mogstored.config.options import (
     Service,
     StartupError,
 )
+from mogstored.trust import Trusted, parse_trusted
 
 __all__ = [
     "EarlyExit", "Listen", "Options", "Service", "StartupError", "UsageError",
@@ -67,6 +68,8 @@ Usage: {PROGRAM} [OPTION...]
       --stallseconds=<n>     A device whose disk call runs longer is stalled.
                              Defaults to 10
   -t, --test-config          Check the command line and config files, then exit
+      --trusted=<cidr>[,<cidr>...]   Only these peers may PUT, DELETE, MKCOL
+                             and use the sidechannel.  Default: everyone
   -?, --help                 give this help list
       --usage                give a short usage message
   -V, --version              print program version
@@ -76,8 +79,8 @@ USAGE_TEXT = f"""\
 Usage: {PROGRAM} [-dt?V] [--config=<file>] [--daemonize] [--docroot=<path>]
             [--durable] [--httplisten=<ip:port>] [--maxconns=<number>]
             [--metricslisten=<ip:port>] [--mgmtlisten=<ip:port>] [--mountcheck]
-            [--pidfile=<path>] [--stallseconds=<n>] [--test-config] [--help]
-            [--usage] [--version]
+            [--pidfile=<path>] [--stallseconds=<n>] [--test-config]
+            [--trusted=<cidr>[,<cidr>...]] [--help] [--usage] [--version]
 """
 
 TRY_TEXT = f"Try '{PROGRAM} --help' or '{PROGRAM} --usage' for more information.\n"
@@ -98,6 +101,7 @@ LONG_OPTIONS: dict[str, bool] = {
     "pidfile": True,
     "stallseconds": True,
     "test-config": False,
+    "trusted": True,
     "server": True,
     "multi": False,
     "worker-processes": True,
@@ -141,6 +145,7 @@ class _CommandLine:
     durable: bool = False
     mountcheck: bool = False
     test_config: bool = False
+    trusted: Trusted | None = None
 
 
 def load_options(argv: list[str], argv0: str, environ: Mapping[str, str]) -> Options:
@@ -291,6 +296,11 @@ def _apply(cmd: _CommandLine, option: str, value: str | None, seen_configs: set[
         cmd.stallseconds = _parse_number("stallseconds", value or "", UINT_MAX)
         if cmd.stallseconds == 0:
             raise StartupError("--stallseconds must be at least 1")
+    elif option == "trusted":
+        try:
+            cmd.trusted = parse_trusted(value or "")
+        except ValueError as e:
+            raise StartupError(f"failed to parse trusted={value}: {e}") from None
     elif option == "worker-processes":
         cmd.worker_processes = (cpus_allowed() if value == "auto"
                                 else _parse_number("worker-processes", value or "", UINT_MAX))
@@ -338,7 +348,7 @@ def _check_multi(cmd: _CommandLine) -> None:
 
 def _multi_services(cmd: _CommandLine, configs: list[ConfigFile]) -> list[Service]:
     """Each config file is an independent service; docroots must differ.
-    ``--durable``/``--mountcheck`` apply to all of them."""
+    ``--durable``/``--mountcheck`` apply to all of them, ``--trusted`` replaces each one's."""
     services: list[Service] = []
     for c in configs:
         assert c.docroot is not None
@@ -346,7 +356,8 @@ def _multi_services(cmd: _CommandLine, configs: list[ConfigFile]) -> list[Servic
         if any(s.docroot == docroot for s in services):
             raise StartupError(f"failed to load svc from docroot={c.docroot}")
         services.append(Service(docroot, c.httplisten, c.mgmtlisten, c.httpgetlisten,
-                                cmd.durable or c.durable, cmd.mountcheck or c.mountcheck))
+                                cmd.durable or c.durable, cmd.mountcheck or c.mountcheck,
+                                cmd.trusted or c.trusted))
     return services
 
 
@@ -364,7 +375,7 @@ def _single_service(cmd: _CommandLine, cfg: ConfigFile | None) -> Service:
     if not (http or mgmt or httpget):
         http, mgmt = DEFAULT_HTTPLISTEN, DEFAULT_MGMTLISTEN
     return Service(_resolve_docroot(docroot), http, mgmt, httpget,
-                   cmd.durable or cfg.durable, cmd.mountcheck or cfg.mountcheck)
+                   cmd.durable or cfg.durable, cmd.mountcheck or cfg.mountcheck, cmd.trusted or cfg.trusted)
 
 
 def _check_pidfiles(values: list[str | None]) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from mogstored.config.options import Listen, StartupError
+from mogstored.trust import Trusted, parse_trusted
 
 Warn = Callable[[str], None]
 
@@ -75,6 +76,7 @@ class ConfigFile:
     worker_processes: int | None = None  # "auto" resolved (cpus_allowed)
     durable: bool = False
     mountcheck: bool = False
+    trusted: Trusted | None = None
 
     @property
     def has_listener(self) -> bool:
@@ -149,6 +151,10 @@ def _yaml_entries(path: str, text: str) -> list[tuple[str, str | None]]:
         raise _parser_error(path)
     entries: list[tuple[str, str | None]] = []
     for key, value in data.items():
+        if key == "trusted" and isinstance(value, list) and value:  # a list of networks, or "a, b"
+            if not all(isinstance(v, str) for v in value):
+                raise _parser_error(path, f"failed to parse trusted={value}: entries must be strings")
+            value = ",".join(value)
         if isinstance(value, (dict, list)):
             raise _parser_error(path)
         if isinstance(value, bool):
@@ -162,7 +168,7 @@ _BOOLEAN_KEYS = ("daemonize", "iostat", "durable", "mountcheck")
 _IGNORED_KEYS = ("config", "s")  # Perl accepts them; meaningless inside a config file
 _KNOWN_KEYS = frozenset(
     {*_LISTEN_KEYS, *_BOOLEAN_KEYS, *_IGNORED_KEYS, "docroot", "pidfile", "maxconns", "server", "serverbin",
-     "stallseconds", "worker_processes"}
+     "stallseconds", "trusted", "worker_processes"}
 )
 
 
@@ -178,6 +184,12 @@ def _apply(cfg: ConfigFile, key: str, value: str | None, warn: Warn) -> None:
         setattr(cfg, key, value is None or value not in ("", "0"))
         return
     if key in _IGNORED_KEYS:
+        return
+    if key == "trusted":  # never ignored when empty: that would trust everyone
+        try:
+            cfg.trusted = parse_trusted(value or "")
+        except ValueError as e:
+            raise _parser_error(cfg.path, f"failed to parse trusted={value or ''}: {e}") from None
         return
     if not value:
         warn(f"W: `{key}' without a value in config={cfg.path} ignored")

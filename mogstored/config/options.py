@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mogstored.trust import Trusted
+
 DEFAULT_MAXCONNS = 10000  # descriptors wanted when --maxconns is not given (§1.1.2)
 DEFAULT_STALL_SECONDS = 10  # --stallseconds
 
@@ -40,6 +42,9 @@ class Service:
     httpgetlisten: Listen | None
     durable: bool = False  # 201/204 only once data and directory entry are on disk
     mountcheck: bool = False  # refuse PUTs to a devN that is not a mount point
+    # None: every peer is trusted.  Read when a connection is accepted, so assigning a
+    # new Trusted here (one attribute) changes it for every connection from then on.
+    trusted: Trusted | None = None
 
 
 @dataclass

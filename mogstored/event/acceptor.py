@@ -61,13 +61,14 @@ class Acceptor:
         self,
         lsock: socket.socket,
         queue: EventQueue,
-        make_client: Callable[[socket.socket], Client],
+        make_client: Callable[[socket.socket], Client | None],
         nthreads: int,
         kick_signal: int,
         on_error: Callable[[OSError], None],
         board: Board | None = None,
     ) -> None:
-        """``kick_signal`` interrupts accept4 (a no-op handler installed with
+        """``make_client`` returns None for a connection it refused (and closed);
+        ``kick_signal`` interrupts accept4 (a no-op handler installed with
         siginterrupt); ``on_error`` gets every failure but EINTR/ECONNABORTED,
         descriptor starvation included; ``board`` is given in a worker process."""
         self.lsock = lsock
@@ -106,7 +107,9 @@ class Acceptor:
             # completes it), as the listener's other holders would have.
             sock = socket.socket(fileno=fd)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.queue.add(self.make_client(sock))
+            client = self.make_client(sock)
+            if client is not None:
+                self.queue.add(client)
 
     def _take_turn(self) -> None:
         """Let a less loaded worker take the next connection, unless it does not

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
-from mogstored import counters, log
+from mogstored import counters, log, trust
 from mogstored.event.expiry import tcp_info
 from mogstored.event.step import Next, Pool, State
 from mogstored.event.stream import Stream
@@ -70,7 +70,7 @@ class HttpConnection(Stream):
 
     expirable = True  # idle ones are shut down when descriptors run out (event/expiry.py)
 
-    __slots__ = ("get_only", "head", "keepalive", "peer", "pool", "req", "state", "svc", "transfer")
+    __slots__ = ("get_only", "head", "keepalive", "peer", "pool", "req", "state", "svc", "transfer", "trusted")
 
     def __init__(self, sock: socket.socket, svc: ServiceContext, get_only: bool) -> None:
         super().__init__(sock)
@@ -87,7 +87,8 @@ class HttpConnection(Stream):
             host, port = sock.getpeername()[:2]
             self.peer = f"{host}:{port}"
         except OSError:
-            self.peer = "?:0"
+            host, self.peer = "", "?:0"
+        self.trusted = svc.trusts(host)  # may it PUT, DELETE, MKCOL (--trusted)
 
     @property
     def listener(self) -> str:
@@ -141,6 +142,9 @@ class HttpConnection(Stream):
         self.keepalive = keep = req.keepalive
         method, path = req.method, req.path
         reading = method == "GET" or method == "HEAD"
+        if not reading and not self.trusted:  # before anything is touched
+            trust.refused(self.peer.rpartition(":")[0], self.listener, method)
+            return self.fail(403)
         if not reading and self.get_only:
             return self.fail(405) if method == "PUT" else self.answer(error_head(405, keep))
         if reading and path == "/":

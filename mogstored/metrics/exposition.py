@@ -28,6 +28,8 @@ _FAMILIES: tuple[tuple[str, bool, str, tuple[str, ...], str], ...] = (
     ("mogstored_http_sent_bytes_total", True, "sent", ("device",), "HTTP body bytes sent."),
     ("mogstored_http_received_bytes_total", True, "received", ("device",), "HTTP body bytes received."),
     ("mogstored_mgmt_commands_total", True, "mgmt", ("command",), "Sidechannel commands."),
+    ("mogstored_refused_total", True, "refused", ("listener",),
+     "Requests (HTTP) and connections (sidechannel) refused from peers outside --trusted."),
     ("mogstored_io_threads", False, "threads", ("device",), "Threads the device's I/O pool may run (server aio_threads; they start as work comes)."),
     ("mogstored_io_busy", False, "busy", ("device",), "Pool threads inside a disk call now."),
     ("mogstored_io_waiting", False, "waiting", ("device",), "Tasks queued for a pool thread."),

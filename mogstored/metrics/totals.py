@@ -113,6 +113,9 @@ class NodeMetrics:
                 _add(c, ("seconds", method), counters.seconds[m])
         for name, n in zip(counters.MGMT_COMMANDS, counters.mgmt_commands):
             _add(c, ("mgmt", name), n)
+        for kind, n in list(counters.refused.items()):
+            if n or kind in self.listeners:
+                _add(c, ("refused", kind), n)
         for pool in self.ioq.pools():
             st = pool.stats
             _add(c, ("sent", st.device), st.sent)

@@ -43,6 +43,7 @@ class ServiceContext:
         request reads them as it comes."""
         self.has_usage = service.mgmtlisten is not None  # §2.3.3: no sidechannel, no usage
         self.durable = service.durable
+        self.options = service  # its ``trusted`` is read at each accept: a reload applies to new connections
         if service.mountcheck == self.mountcheck:
             return
         self.mountcheck = service.mountcheck
@@ -52,6 +53,12 @@ class ServiceContext:
             if not dev.mounted:  # the usage it had would invite writes
                 dev.usage = None
                 dev.pool.call(functools.partial(remove_usage_file, self.docroot, dev.devid))
+
+    def trusts(self, host: str) -> bool:
+        """May the peer at ``host`` change data and command the node?  Asked once per
+        connection, when it is accepted."""
+        trusted = self.options.trusted
+        return trusted is None or trusted.admits(host)
 
     # -- discovery (main thread) -------------------------------------------
     def scan(self) -> None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from mogstored import log
+from mogstored import log, trust
 from mogstored.config.options import DEFAULT_STALL_SECONDS, Service
 from mogstored.event.acceptor import Acceptor, Board
 from mogstored.event.core import EventQueue
@@ -56,6 +56,20 @@ def acceptor_threads(kind: str, worker_processes: int) -> int:
     if kind in ("mgmt", "metrics"):
         return 1
     return max(1, (os.cpu_count() or 1) // max(1, worker_processes))
+
+
+def sidechannel_client(sock: socket.socket, ctx: ServiceContext) -> MgmtConnection | None:
+    """A sidechannel client; an untrusted peer's connection is closed at once, unread and
+    unanswered (trackers and mogadm run on trusted hosts)."""
+    try:
+        host = sock.getpeername()[0]
+    except OSError:
+        host = ""
+    if ctx.trusts(host):
+        return MgmtConnection(sock, ctx)
+    trust.refused(host, "mgmt", "sidechannel connection")
+    sock.close()
+    return None
 
 
 class Ask(enum.Enum):
@@ -164,7 +178,7 @@ class Server:
 
     def _accept(self, lst: Listener) -> None:
         """Start accepting on a listener."""
-        make: Callable[[socket.socket], Client]
+        make: Callable[[socket.socket], Client | None]
         if lst.kind == "metrics":
             from mogstored.metrics.connection import (
                 MetricsConnection,  # prometheus_client only when asked for
@@ -175,7 +189,7 @@ class Server:
             assert lst.service is not None
             ctx = self._context(lst.service)
             if lst.kind == "mgmt":
-                make = lambda sock: MgmtConnection(sock, ctx)  # type: ignore[misc]
+                make = lambda sock: sidechannel_client(sock, ctx)  # type: ignore[misc]
             else:
                 make = lambda sock, get_only=(lst.kind == "httpget"): HttpConnection(  # type: ignore[misc]
                     sock, ctx, get_only)

@@ -482,3 +482,39 @@ def test_docroot_must_be_a_directory(root):
     assert startup_error("--docroot=file") == "docroot=file is not a directory"
     cfg = conf(root, "a.conf", f"docroot = {root}/file\nhttplisten = 7500\n")
     assert startup_error(f"--config={cfg}") == f"docroot={root}/file is not a directory"
+
+
+# --- --trusted -------------------------------------------------------------------------
+
+def test_trusted_off_by_default(root):
+    assert load(f"--docroot={root}/d1").services[0].trusted is None
+
+
+def test_trusted_option(root):
+    svc = load(f"--docroot={root}/d1", "--trusted=10.0.0.0/8,::1").services[0]
+    assert str(svc.trusted) == "10.0.0.0/8,::1/128"
+    assert str(load(f"--docroot={root}/d1", "--trus", "127.0.0.1").services[0].trusted) == "127.0.0.1/32"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "failed to parse trusted=: empty entry"),
+    ("10.0.0.1,10.0.0.256", "failed to parse trusted=10.0.0.1,10.0.0.256: `10.0.0.256'"),
+    ("10.1.2.3/8", "failed to parse trusted=10.1.2.3/8: `10.1.2.3/8': 10.1.2.3/8 has host bits set"),
+])
+def test_bad_trusted_names_the_entry(root, value, message):
+    assert startup_error(f"--docroot={root}/d1", f"--trusted={value}").startswith(message)
+
+
+def test_command_line_trusted_wins_over_config(root):
+    cfg = conf(root, "m.conf", f"docroot = {root}/d1\ntrusted = 10.0.0.0/8\n")
+    assert str(load(f"--config={cfg}").services[0].trusted) == "10.0.0.0/8"
+    assert str(load(f"--config={cfg}", "--trusted=127.0.0.1").services[0].trusted) == "127.0.0.1/32"
+
+
+def test_multi_trusted_per_file_and_command_line_for_all(root):
+    a = conf(root, "a.conf", f"docroot = {root}/d1\nhttplisten = 7600\ntrusted = 10.0.0.0/8\n")
+    b = conf(root, "b.conf", f"docroot = {root}/d2\nhttplisten = 7601\n")
+    services = load("--multi", f"--config={a}", f"--config={b}").services
+    assert [s.trusted and str(s.trusted) for s in services] == ["10.0.0.0/8", None]
+    services = load("--multi", f"--config={a}", f"--config={b}", "--trusted=::1").services
+    assert [str(s.trusted) for s in services] == ["::1/128", "::1/128"]

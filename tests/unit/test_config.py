@@ -260,3 +260,42 @@ def test_durable_and_mountcheck_keys(tmp_path, warnings):
     cfg = load(tmp_path, "durable: true\nmountcheck: 0\n", warnings, "m.yaml")
     assert (cfg.durable, cfg.mountcheck) == (True, False)
     assert warnings == []
+
+
+# --- trusted ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, text", [
+    ("m.conf", "trusted = 10.0.0.0/8, ::1  # trackers\n"),
+    ("m.yaml", "trusted: 10.0.0.0/8,::1\n"),
+    ("m.yaml", "trusted: [10.0.0.0/8, '::1']\n"),
+    ("m.yml", "trusted:\n  - 10.0.0.0/8\n  - ::1\n"),
+])
+def test_trusted_key(tmp_path, warnings, name, text):
+    cfg = load(tmp_path, text, warnings, name)
+    assert str(cfg.trusted) == "10.0.0.0/8,::1/128" and warnings == []
+
+
+def test_trusted_absent_is_off(tmp_path, warnings):
+    assert load(tmp_path, "docroot = /x\n", warnings).trusted is None
+
+
+@pytest.mark.parametrize("name, text, detail", [
+    ("m.conf", "trusted = 10.0.0.1, nope\n", "failed to parse trusted=10.0.0.1, nope: `nope'"),
+    ("m.conf", "trusted = 10.1.2.3/8\n", "failed to parse trusted=10.1.2.3/8: `10.1.2.3/8': 10.1.2.3/8 has host bits set"),
+    ("m.conf", "trusted =\n", "failed to parse trusted=: empty entry"),
+    ("m.conf", "trusted\n", "failed to parse trusted=: empty entry"),
+    ("m.yaml", "trusted: [10.0.0.1, 12]\n", "failed to parse trusted=['10.0.0.1', 12]: entries must be strings"),
+    ("m.yaml", "trusted: [10.0.0.1, '']\n", "failed to parse trusted=10.0.0.1,: empty entry"),
+    ("m.yaml", "trusted:\n", "failed to parse trusted=: empty entry"),
+])
+def test_bad_trusted_is_a_parser_error_naming_the_entry(tmp_path, warnings, name, text, detail):
+    """Never ignored with a warning: a trust list silently dropped would trust everyone."""
+    with pytest.raises(StartupError) as e:
+        load(tmp_path, text, warnings, name)
+    first, second = str(e.value).split("\n")
+    assert first.startswith(detail) and second == f"failed to load config={tmp_path / name}: parser error"
+
+
+def test_yaml_empty_trusted_list_is_a_parser_error(tmp_path, warnings):
+    with pytest.raises(StartupError, match="parser error"):
+        load(tmp_path, "trusted: []\n", warnings, "m.yaml")

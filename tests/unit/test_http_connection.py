@@ -29,7 +29,7 @@ def pair(tmp_path: Path):
     (tmp_path / "dev1" / "f").write_bytes(b"0123456789")
     changed: list[str] = []
     svc = SimpleNamespace(docroot=Docroot(str(tmp_path)), usage_body=lambda path: None, on_change=changed.append,
-                          refuses_writes=lambda path: False, durable=False,
+                          refuses_writes=lambda path: False, durable=False, trusts=lambda host: True,
                           ioq=SimpleNamespace(for_path=lambda docroot, path: POOL, shared=None),
                           process=SimpleNamespace(quitting=False, retry_open=lambda fn: fn()))
     ours, peer = _tcp_pair()
@@ -120,7 +120,7 @@ def test_what_is_not_cached_goes_to_the_pool(tmp_path: Path) -> None:
         (dev1 / "f").write_bytes(b"0123456789")
         (dev1 / "g").write_bytes(b"abc")
         remount_cold(dev1, tmp_path)
-        svc = SimpleNamespace(docroot=Docroot(str(root)), usage_body=lambda path: None,
+        svc = SimpleNamespace(docroot=Docroot(str(root)), usage_body=lambda path: None, trusts=lambda host: True,
                               process=SimpleNamespace(quitting=False, retry_open=lambda fn: fn()),
                               ioq=SimpleNamespace(for_path=lambda docroot, path: POOL, shared=None))
         ours, peer = _tcp_pair()
