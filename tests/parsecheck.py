@@ -23,8 +23,10 @@ from typing import Any
 
 import h11
 
-from mogstored.http import parser as http_parser
-from mogstored.http.parser import ChunkedDecoder, HeadParser, HttpError, Request
+from mogstored.http import chunked, fields, head
+from mogstored.http.chunked import ChunkedDecoder
+from mogstored.http.fields import HttpError
+from mogstored.http.head import HeadParser, Request
 from mogstored.mgmt.parser import LineBuffer, LineTooLong, parse_command
 
 # -- vocabulary of generated inputs (the grammar of §3.2 and §4.2, and near misses) ---------
@@ -142,14 +144,15 @@ class counted_regexes:
 
     def __enter__(self) -> list[int]:
         self.tally = [0, 0]
-        self.saved = {name: value for name, value in vars(http_parser).items() if isinstance(value, re.Pattern)}
-        for name, value in self.saved.items():
-            setattr(http_parser, name, CountingRegex(value, self.tally))
+        self.saved = [(module, name, value) for module in (head, fields, chunked)
+                      for name, value in vars(module).items() if isinstance(value, re.Pattern)]
+        for module, name, value in self.saved:
+            setattr(module, name, CountingRegex(value, self.tally))
         return self.tally
 
     def __exit__(self, *exc: object) -> None:
-        for name, value in self.saved.items():
-            setattr(http_parser, name, value)
+        for module, name, value in self.saved:
+            setattr(module, name, value)
 
 
 def _check_work(tally: list[int], fed: int) -> None:
@@ -316,7 +319,8 @@ def check_h11_chunked(data: bytes) -> bool:
 def lines_pieces(data: bytes, cuts: Sequence[int]) -> Outcome:
     """Commands parsed from each piece as it arrives, as mgmt/connection.py does, then
     whether the line limit was hit and whether bytes of an unfinished line wait."""
-    buf = LineBuffer()
+    inbuf = bytearray()  # the connection's input buffer, which the line buffer reads from
+    buf = LineBuffer(inbuf)
     commands = []
     for part in pieces(data, cuts):
         buf.feed(part)
@@ -325,7 +329,7 @@ def lines_pieces(data: bytes, cuts: Sequence[int]) -> Outcome:
                 commands.append(parse_command(line))
         except LineTooLong:
             return tuple(commands), "too long"
-    return tuple(commands), buf.pending()
+    return tuple(commands), len(inbuf)
 
 
 def check_lines(data: bytes, cuts: Sequence[int]) -> Outcome:
@@ -348,8 +352,7 @@ class _CountingBuffer(bytearray):
 
 def check_lines_linear(data: bytes) -> None:
     """Fed one byte per call, the line buffer looks at each byte about once."""
-    buf = LineBuffer()
-    buf._buf = _CountingBuffer()  # type: ignore[attr-defined]
+    buf = LineBuffer(_CountingBuffer())
     _CountingBuffer.looked = 0
     try:
         for i in range(len(data)):
