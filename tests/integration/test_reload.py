@@ -360,3 +360,31 @@ def test_worker_count_changes_live(tmp_path: Path) -> None:
         n.proc.wait(15)
         for pid in workers:
             wait_for(lambda pid=pid: not alive(pid), 15, f"worker {pid} to exit")
+
+
+def put_from(src: str, port: int, path: str) -> int:
+    """The status of a PUT sent from ``src`` (the client socket bound to it)."""
+    with socket.socket() as s:
+        s.bind((src, 0))
+        s.settimeout(30)
+        s.connect((HOST, port))
+        s.sendall(f"PUT {path} HTTP/1.0\r\nContent-Length: 1\r\n\r\nx".encode())
+        return int(read_all(s, timeout=30).split(b" ", 2)[1])
+
+
+def test_trusted_changes_live(node: Node) -> None:
+    """``trusted`` set, widened and removed by reloads: each applies to the connections
+    accepted after it (127.0.0.2 plays an untrusted host)."""
+    # With workers, old ones accept until their SIGQUIT reaches them, after 'reloaded:'.
+    node.reload(BASE + "trusted = 127.0.0.1\n")
+    wait_for(lambda: put_from("127.0.0.2", node.http, "/dev1/a") == 403, what="127.0.0.2 untrusted")
+    assert put_from("127.0.0.2", node.http, "/dev1/new/a") == 403
+    assert put_from("127.0.0.1", node.http, "/dev1/a") == 201
+    assert not (node.docroot / "dev1" / "new").exists()  # a 403 creates no directory
+    node.reload(BASE + "trusted = 127.0.0.0/8\n")
+    wait_for(lambda: put_from("127.0.0.2", node.http, "/dev1/b") == 201, what="127.0.0.2 trusted")
+    node.reload(BASE + "trusted = 10.0.0.0/8\n")
+    wait_for(lambda: put_from("127.0.0.1", node.http, "/dev1/c") == 403, what="127.0.0.1 untrusted")
+    node.reload(BASE)
+    wait_for(lambda: put_from("127.0.0.2", node.http, "/dev1/d") == 201, what="everyone trusted again")
+    assert node.stderr().count("reload failed") == 0
