@@ -123,7 +123,7 @@ def test_rules_cover_the_issue() -> None:
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     check = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 9 rules found" in check.stdout
+    assert f"SUCCESS: {len(rule_exprs())} rules found" in check.stdout
     unit = subprocess.run([PROMTOOL, "test", "rules", str(RULES_TEST)], capture_output=True, text=True)
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
