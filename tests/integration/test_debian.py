@@ -45,8 +45,10 @@ def test_package_builds_installs_serves_and_purges(tmp_path: Path) -> None:
         run("apt-get", *APT_LOCK, "install", "-y", "-q", str(deb))
         files = run("dpkg", "-L", "mogstored").split()
         for path in ("/usr/bin/mogstored", "/usr/share/man/man1/mogstored.1.gz", "/etc/mogilefs/mogstored.conf",
-                     "/lib/systemd/system/mogstored.service", "/lib/systemd/system/mogstored.socket"):
-            assert path in files
+                     "/lib/systemd/system/mogstored.service", "/lib/systemd/system/mogstored.socket",
+                     *(f"/usr/share/doc/mogstored/examples/{kit}" for kit in
+                       ("mogstored-rules.yml", "mogstored-rules.test.yml", "mogstored.json"))):
+            assert path in files, path
         assert run("dpkg-query", "-W", "-f=${Conffiles}", "mogstored").split()[0] == "/etc/mogilefs/mogstored.conf"
         unit = Path("/lib/systemd/system/mogstored.service").read_text()
         assert "ExecStart=/usr/bin/mogstored --config=/etc/mogilefs/mogstored.conf" in unit
