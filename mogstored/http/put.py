@@ -1,6 +1,8 @@
 """PUT (§3.6): an unnamed file in the target's directory (or the target itself
 for a Content-Range write), the body written as the connection receives it, MD5
-checked, then fchmod and linked into place (store/atomic.py).  Everything runs
+checked, then linked into place (store/atomic.py).  The file gets the
+reference's final mode, 0666 & ~umask: the unnamed one from its creation (no
+fchmod), a named temp file or a Content-Range target by fchmod before commit.  Everything runs
 in the device pool; while the socket is empty the client waits in epoll holding
 no thread."""
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mogstored.store.devices import umask
 from mogstored.store.fs import Docroot
 from mogstored.store.iopool import IoPool
 
-_PUT_MODE = 0o666 & ~umask()
+_PUT_MODE = 0o666 & ~umask()  # the kernel applies the umask at creation too: the same bits
 
 
 class PutTransfer(FileTransfer):
@@ -74,7 +76,7 @@ class PutTransfer(FileTransfer):
             self.tmpname = None
             self.file = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dirfd)
             return
-        self.file, self.tmpname = atomic.create(self.dirfd, name)
+        self.file, self.tmpname = atomic.create(self.dirfd, name, _PUT_MODE)
 
     # -- RECEIVING: the connection hands in what it receives -----------------------
     def computes(self, bufsize: int) -> bool:
@@ -151,7 +153,8 @@ class PutTransfer(FileTransfer):
                 self.discard()  # mismatch keeps the connection (§3.6.4)
                 return error_head(400, req.keepalive)
         try:
-            os.fchmod(self.file, _PUT_MODE)
+            if self.tmpname is not None or req.content_range is not None:  # not created with it
+                os.fchmod(self.file, _PUT_MODE)
         except OSError as e:
             self.pool.stats.io_error(e.errno)
             log.error(f"fchmod() failed: {e.strerror}")

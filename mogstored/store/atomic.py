@@ -84,12 +84,14 @@ def _tmp_name(name: str) -> str:
     return f"{name}.{next(_serial) & 0xFFFFFFFF:08x}.{_pid}.tmp"  # a clash (O_EXCL, EEXIST) takes the next
 
 
-def create(dirfd: int, name: str) -> tuple[int, str | None]:
+def create(dirfd: int, name: str, mode: int = 0o600) -> tuple[int, str | None]:
     """A file to write ``name``'s new content into: (fd, None) for an unnamed
-    one, (fd, temp name) where the filesystem refuses ``O_TMPFILE``."""
+    one, created with ``mode`` (the final one: nobody can open it before it is
+    linked, so it needs no fchmod), or (fd, temp name) with mode 0600 (the
+    reference's, until the caller's fchmod) where the filesystem refuses ``O_TMPFILE``."""
     if _use_tmpfile:
         try:
-            return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dirfd), None
+            return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=dirfd), None
         except OSError as e:
             if e.errno not in _TMPFILE_REFUSED:
                 raise

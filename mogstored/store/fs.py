@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import sys
 import time
 
 from mogstored.libc import MACHINE, libc, syscall_number
@@ -48,8 +49,12 @@ def _how(flags: int, mode: int, resolve: int) -> ctypes.c_void_p:
     return entry[1]
 
 
+# os.fsencode's own arguments: its Python-level checks cost as much as the encoding.
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
 def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int = _RESOLVE) -> int:
-    fd: int = _syscall(_NR_OPENAT2, dirfd, os.fsencode(path), _how(flags, mode, resolve), _HOW_SIZE)
+    fd: int = _syscall(_NR_OPENAT2, dirfd, path.encode(_FS_ENCODING, _FS_ERRORS), _how(flags, mode, resolve), _HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)

@@ -290,12 +290,18 @@ _FUTEX = str(syscall_number("futex") or "").encode()
 
 
 def _task_file(tid: int, name: str) -> bytes:
-    """/proc/self/task/TID/NAME of a thread of this process (b"" if it is gone)."""
+    """/proc/self/task/TID/NAME of a thread of this process (b"" if it is gone):
+    open, read, close (a file object adds an fstat, an ioctl and seeks)."""
     try:
-        with open(f"/proc/self/task/{tid}/{name}", "rb") as f:
-            return f.read()
+        fd = os.open(f"/proc/self/task/{tid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return b""
+    try:
+        return os.read(fd, 4096)  # stat and syscall are one short line each
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 class _Grower:
