@@ -263,23 +263,33 @@ class Daemon:
         self.docroot.mkdir(parents=True, exist_ok=True)
         for d in devices:
             (self.docroot / f"dev{d}").mkdir(exist_ok=True)
-        self.http_port = free_port() if http else None
-        self.mgmt_port = free_port() if mgmt else None
         self.stderr_path = root / "stderr.log"
-        cmd = [*wrap, sys.executable, "-m", "mogstored", f"--docroot={self.docroot}"]
-        if http:
-            cmd.append(f"--httplisten={HOST}:{self.http_port}")
-        if mgmt:
-            cmd.append(f"--mgmtlisten={HOST}:{self.mgmt_port}")
-        cmd += args
         full_env = dict(os.environ)
         full_env.update(QUIET_IOSTAT)
         full_env.update(env or {})
-        self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._stderr, env=full_env, cwd=root)
-        if wait:
-            wait_port(self.http_port or self.mgmt_port, proc=self.proc)
+        # A free port may be taken by another process (another test's free_port) before the
+        # daemon binds it: the daemon then exits saying so, and gets other ports.
+        for attempt in range(3):
+            self.http_port = free_port() if http else None
+            self.mgmt_port = free_port() if mgmt else None
+            cmd = [*wrap, sys.executable, "-m", "mogstored", f"--docroot={self.docroot}"]
+            if http:
+                cmd.append(f"--httplisten={HOST}:{self.http_port}")
+            if mgmt:
+                cmd.append(f"--mgmtlisten={HOST}:{self.mgmt_port}")
+            cmd += args
+            self._stderr = open(self.stderr_path, "wb")
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=self._stderr, env=full_env, cwd=root)
+            if not wait:
+                return
+            try:
+                wait_port(self.http_port or self.mgmt_port, proc=self.proc)
+                return
+            except RuntimeError as e:
+                self._stderr.close()
+                if attempt == 2 or "Address already in use" not in self.stderr():
+                    raise RuntimeError(f"{e}: {self.stderr()}") from None
 
     @property
     def pid(self) -> int:
