@@ -12,8 +12,9 @@ one costs lock hand-offs; more threads help only while the ones there wait
 for a disk or compute without the lock.  So:
 
 * a pool starts its first thread with its first job; a submit wakes an idle
-  thread (or starts the first) only while no thread runs a job, or every
-  running one computes or is stuck (below);
+  thread (or starts the first) only while no thread runs a job or has been
+  woken for one (a burst of submits wakes one thread), or every running one
+  computes or is stuck (below);
 * otherwise a job waits its turn, and the grower (one thread per process,
   asleep while no job waits) looks every GROW_CHECK seconds: while every
   running thread of the pool is in a step worth company, it wakes idle threads
@@ -122,6 +123,7 @@ class IoPool:
         self._threads: set[threading.Thread] = set()
         self._idle: list[threading.Lock] = []  # one held lock per waiting thread, released to wake it
         self._busy = 0  # threads running a job
+        self._woken = 0  # idle threads woken for a job that have not taken the lock again yet
 
     def disk_error(self, e: OSError, what: str) -> None:
         """``what`` failed with ``e``: counted and logged once if the disk failed, not the
@@ -133,8 +135,9 @@ class IoPool:
     def submit(self, client: Client | Task) -> None:
         with self._lock:
             self._jobs.append(client)
-            if self._idle and (not self._busy or self._running_ones_want_company()):
-                self._idle.pop().release()
+            if self._idle and (not (self._busy or self._woken)
+                               or (self._busy and self._running_ones_want_company())):
+                self._wake_one()
             elif not self._threads:
                 self._start_thread()
             elif self._idle or len(self._threads) < self.limit:
@@ -147,7 +150,8 @@ class IoPool:
         worth waking at once, without waiting for the grower's look.  Holding ``_lock``."""
         stuck = counters.now() - STUCK_AFTER
         clocks: list[_Thread] = self.stats.clocks  # type: ignore[assignment]  # only _Thread clocks are added
-        return all(_computes(c) or c.since <= stuck for c in clocks if c.since)
+        # ``since`` is read once: its thread sets it to 0 outside the lock as a step ends.
+        return all(_computes(c) or since <= stuck for c in clocks if (since := c.since))
 
     def grow(self) -> bool:
         """Per queued job, wake an idle thread or start one up to ``limit``, if every
@@ -165,7 +169,7 @@ class IoPool:
             with self._lock:
                 for _ in range(len(self._jobs)):
                     if self._idle:
-                        self._idle.pop().release()
+                        self._wake_one()
                     elif len(self._threads) < self.limit:
                         self._start_thread()
         return True
@@ -202,9 +206,15 @@ class IoPool:
         self._threads.add(t)
         t.start()
 
+    def _wake_one(self) -> None:
+        """Wake the most recently idle thread; until it runs it counts as woken, so
+        a burst of submits wakes one thread, not one per submit.  Holding ``_lock``."""
+        self._idle.pop().release()
+        self._woken += 1
+
     def _wake_all(self) -> None:
         while self._idle:
-            self._idle.pop().release()
+            self._wake_one()
 
     def stop(self, timeout: float = 5.0) -> None:
         stop_all(self._lock, self._threads, self.resize, timeout)
@@ -225,10 +235,14 @@ class IoPool:
         run = self.run
         set_thread_name(f"io:{self.name}")
         job: Client | Task | None = None
+        woken = False
         while True:
             with lock:
                 if job is not None:
                     self._busy -= 1
+                if woken:
+                    self._woken -= 1
+                    woken = False
                 if len(self._threads) > self.limit:
                     self._threads.discard(me)
                     return
@@ -242,6 +256,7 @@ class IoPool:
             if job is None:
                 if wake.acquire(timeout=IDLE_EXIT):
                     wake.release()
+                    woken = True
                     continue  # woken: a job, or a resize
                 with lock:
                     if wake in self._idle:  # nobody woke us: leave
@@ -252,6 +267,7 @@ class IoPool:
                 # woken just as the wait timed out: take the wake-up
                 wake.acquire()
                 wake.release()
+                woken = True
                 continue
             clock.job = job
             clock.since = counters.now()
@@ -271,7 +287,10 @@ def _computes(clock: _Thread) -> bool:
 
 def _needs_company(clock: _Thread, now: float) -> bool:
     """The grower's look at one running thread (the rule in the module docstring)."""
-    took = now - clock.since
+    since = clock.since  # read once: its thread sets it to 0 outside the lock as the step ends
+    if not since:
+        return False  # no longer running
+    took = now - since
     if took >= STUCK_AFTER:
         return True
     if took < LONG_STEP:
