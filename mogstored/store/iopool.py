@@ -13,8 +13,9 @@ for a disk or compute without the lock.  So:
 
 * a pool starts its first thread with its first job; a submit wakes an idle
   thread (or starts the first) only while no thread runs a job or has been
-  woken for one (a burst of submits wakes one thread), or every running one
-  computes or is stuck (below);
+  woken for one (a burst of submits wakes one thread), or the job's state
+  computes (a burst of digests runs side by side at once), or every running
+  one computes or is stuck (below);
 * otherwise a job waits its turn, and the grower (one thread per process,
   asleep while no job waits) looks every GROW_CHECK seconds: while every
   running thread of the pool is in a step worth company, it wakes idle threads
@@ -135,7 +136,7 @@ class IoPool:
     def submit(self, client: Client | Task) -> None:
         with self._lock:
             self._jobs.append(client)
-            if self._idle and (not (self._busy or self._woken)
+            if self._idle and (not (self._busy or self._woken) or client.state.computes
                                or (self._busy and self._running_ones_want_company())):
                 self._wake_one()
             elif not self._threads:
