@@ -80,6 +80,23 @@ class Node:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    def stop(self, kill_if_stuck: bool = False) -> None:
+        """SIGQUIT, then wait for the process (after 15 s: TimeoutExpired, or SIGKILL with
+        ``kill_if_stuck``) and for every worker it had (a worker outlives its master by at
+        most a second)."""
+        workers = children(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                if not kill_if_stuck:
+                    raise
+                self.proc.kill()
+                self.proc.wait()
+        for pid in workers:
+            wait_for(lambda pid=pid: not alive(pid), 15, f"worker {pid} to exit")
+
     def reload(self, conf: str | None = None) -> None:
         """Rewrite the config file (if given), SIGHUP, and wait for the outcome's log line."""
         if conf is not None:
@@ -104,16 +121,7 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
         yield n
         assert not client_failures(n.stderr()) and "respawning" not in n.stderr()
     finally:
-        workers = children(n.proc.pid)
-        if n.proc.poll() is None:
-            n.proc.send_signal(signal.SIGQUIT)
-            try:
-                n.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                n.proc.kill()
-                n.proc.wait()
-        for pid in workers:  # a worker outlives its master by at most a second
-            wait_for(lambda pid=pid: not alive(pid), 15, f"worker {pid} to exit")
+        n.stop(kill_if_stuck=True)
 
 
 def workers_replaced(n: Node, old: list[int]) -> bool:
@@ -271,11 +279,7 @@ def test_workers_are_replaced_and_counters_carried(tmp_path: Path) -> None:
 
         wait_for(lambda: puts_counted() == 10, what="the old workers' PUTs carried")
     finally:
-        workers = children(n.proc.pid)
-        n.proc.send_signal(signal.SIGQUIT)
-        n.proc.wait(15)
-        for pid in workers:
-            wait_for(lambda pid=pid: not alive(pid), 15, f"worker {pid} to exit")
+        n.stop()
 
 
 def limits(pid: int) -> int:
@@ -355,11 +359,7 @@ def test_worker_count_changes_live(tmp_path: Path) -> None:
         wait_for(lambda: len(children(n.proc.pid)) == 1, what="still a worker")
         assert put(n.http, "/dev1/b") == 201
     finally:
-        workers = children(n.proc.pid)
-        n.proc.send_signal(signal.SIGQUIT)
-        n.proc.wait(15)
-        for pid in workers:
-            wait_for(lambda pid=pid: not alive(pid), 15, f"worker {pid} to exit")
+        n.stop()
 
 
 def put_from(src: str, port: int, path: str) -> int:
